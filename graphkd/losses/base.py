@@ -1,0 +1,95 @@
+"""The base class and the name registry of distillation losses.
+
+Every method is a pure function (the maths) plus a thin :class:`DistillLoss` module that holds
+hyperparameters (and trainable heads, if any) and calls it. Modules register under a short name
+so that configs and the Distiller can say ``method="lsp"``.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from torch import Tensor, nn
+
+__all__ = ["DistillLoss", "LOSSES", "register", "get_loss", "loss_names"]
+
+#: name -> loss class; filled by :func:`register`.
+LOSSES: dict[str, type[DistillLoss]] = {}
+
+
+class DistillLoss(nn.Module):
+    """Base of every distillation loss: ``forward(f_s, f_t, **context) -> scalar``.
+
+    Class attributes tell the caller (the Distiller) how to drive the loss:
+
+    * ``context``: names of graph-context keyword arguments ``forward`` accepts, among
+      ``"batch"`` (``[N]`` graph id of each node), ``"edge_index"`` (``[2, E]``), ``"pos"``.
+      The Distiller passes exactly these, read from the PyG/DGL input.
+    * ``needs_dims``: the constructor takes ``student_dim`` and ``teacher_dim`` (feature
+      widths) to build trainable heads/adapters; the Distiller supplies them after its first
+      forward pass.
+    * ``level``: ``"logits"`` (class scores), ``"batch"`` (one embedding per sample, relation
+      across the batch) or ``"node"`` (node/point features, relations inside each graph).
+    """
+
+    name: ClassVar[str] = ""
+    context: ClassVar[tuple[str, ...]] = ()
+    needs_dims: ClassVar[bool] = False
+    level: ClassVar[str] = "batch"
+
+    def forward(self, f_s: Tensor, f_t: Tensor, **context) -> Tensor:  # pragma: no cover
+        raise NotImplementedError
+
+
+def register(name: str):
+    """Class decorator: register a :class:`DistillLoss` subclass under ``name``."""
+
+    def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
+        if name in LOSSES and LOSSES[name] is not cls:
+            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name]}).")
+        cls.name = name
+        LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def loss_names() -> list[str]:
+    """Sorted names of all registered losses."""
+    return sorted(LOSSES)
+
+
+def get_loss(
+    method: str | DistillLoss, *, student_dim: int | None = None, teacher_dim: int | None = None,
+    **kwargs,
+) -> DistillLoss:
+    """Resolve a loss from a name (with hyperparameters) or pass an instance through.
+
+    Args:
+        method: a registered name (case-insensitive, e.g. ``"lsp"``) or a ``DistillLoss``.
+        student_dim, teacher_dim: feature widths, forwarded to losses with ``needs_dims``.
+        **kwargs: hyperparameters of the loss's constructor.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones), or a loss with trainable
+            heads asked for without widths.
+    """
+    if isinstance(method, nn.Module):
+        if kwargs:
+            raise ValueError("hyperparameters go to the constructor when passing an instance.")
+        return method
+    if not isinstance(method, str):
+        raise TypeError(f"method must be a name or a DistillLoss, got {type(method).__name__}.")
+    key = method.lower().replace("-", "").replace("_", "")
+    matches = [n for n in LOSSES if n.replace("_", "") == key]
+    if not matches:
+        raise ValueError(f"unknown distillation method {method!r}; valid names: {loss_names()}.")
+    cls = LOSSES[matches[0]]
+    if cls.needs_dims:
+        if student_dim is None or teacher_dim is None:
+            raise ValueError(
+                f"{cls.name!r} has trainable heads: pass student_dim= and teacher_dim= "
+                "(the Distiller does this after its first batch)."
+            )
+        kwargs = {"student_dim": student_dim, "teacher_dim": teacher_dim, **kwargs}
+    return cls(**kwargs)

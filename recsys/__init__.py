@@ -1,0 +1,1 @@
+"""recsys: ranking distillation for recommenders on the graphkd core."""
