@@ -87,8 +87,10 @@ def row_kl(
         reduction: see the module docstring.
     """
     _check_pair(w_s, w_t, edges)
-    log_ps = row_log_softmax(w_s / tau, edges)
-    log_pt = row_log_softmax(w_t / tau, edges)
+    if tau != 1.0:
+        w_s, w_t = w_s / tau, w_t / tau
+    log_ps = row_log_softmax(w_s, edges)
+    log_pt = row_log_softmax(w_t, edges)
     per_row = row_sum(log_pt.exp() * (log_pt - log_ps), edges)
     return reduce(per_row, reduction, group=edges.batch, num_groups=edges.num_graphs,
                   valid=edges.counts > 0)

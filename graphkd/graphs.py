@@ -64,8 +64,8 @@ class EdgeSet:
     """
 
     ptr: Tensor
-    row: Tensor
-    col: Tensor
+    _row: Tensor | None
+    _col: Tensor | None
     num_rows: int
     num_cols: int
     degree: int | None = None
@@ -74,9 +74,37 @@ class EdgeSet:
     num_graphs: int = 1
 
     # ------------------------------------------------------------------ properties
+    # ``_row``/``_col`` set to None mean "the all-pairs edge list of a dense graph" (with the
+    # diagonal iff K == C); they are built on first access, so a dense m x m EdgeSet costs O(m)
+    # memory on the dense kernel/op paths, which never read them.
+    def _dense_degree(self) -> int:
+        return self.degree if self.degree is not None else int(self.ptr[1] - self.ptr[0])
+
+    @property
+    def row(self) -> Tensor:
+        """``[E]`` row of each edge (built on first access for dense graphs)."""
+        if self._row is None:
+            k = self._dense_degree()
+            row = torch.arange(self.num_rows, device=self.ptr.device).repeat_interleave(k)
+            object.__setattr__(self, "_row", row)
+        return self._row
+
+    @property
+    def col(self) -> Tensor:
+        """``[E]`` column of each edge (built on first access for dense graphs)."""
+        if self._col is None:
+            n, c = self.num_rows, self.num_cols
+            full = torch.arange(c, device=self.ptr.device).repeat(n)
+            if self._dense_degree() != c:  # no self-loops: drop the diagonal by a reshape
+                full = full.view(n, c).flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(-1)
+            object.__setattr__(self, "_col", full)
+        return self._col
+
     @property
     def num_edges(self) -> int:
         """``E``, the number of edges."""
+        if self.degree is not None:
+            return self.num_rows * self.degree
         return self.col.numel()
 
     @property
@@ -102,8 +130,8 @@ class EdgeSet:
         """Return a copy on ``device``."""
         return EdgeSet(
             self.ptr.to(device),
-            self.row.to(device),
-            self.col.to(device),
+            None if self._row is None else self._row.to(device),
+            None if self._col is None else self._col.to(device),
             self.num_rows,
             self.num_cols,
             self.degree,
@@ -115,7 +143,7 @@ class EdgeSet:
     def with_batch(self, batch: Tensor | None, num_graphs: int | None = None) -> EdgeSet:
         """Return a copy whose rows carry the graph ids ``batch`` (``[R]``)."""
         if batch is None:
-            return EdgeSet(self.ptr, self.row, self.col, self.num_rows, self.num_cols,
+            return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
                            self.degree, self.dense_loop)
         if batch.shape != (self.num_rows,):
             raise ValueError(
@@ -124,7 +152,7 @@ class EdgeSet:
             )
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
-        return EdgeSet(self.ptr, self.row, self.col, self.num_rows, self.num_cols,
+        return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
                        self.degree, self.dense_loop, batch, num_graphs)
 
     def __repr__(self) -> str:
@@ -199,7 +227,8 @@ class EdgeSet:
             device: where to allocate.
 
         Shapes: ``E = n * C`` (or ``n * (n - 1)`` without loops); regular with ``K = C`` or
-        ``n - 1``.
+        ``n - 1``. The edge lists are not materialised until ``row``/``col`` is read, so the
+        EdgeSet costs O(n) memory on the dense kernel/op paths.
         """
         c = n if num_cols is None else num_cols
         if n < 1 or c < 1:
@@ -209,14 +238,9 @@ class EdgeSet:
         if not loop and n < 2:
             raise ValueError("a dense graph without self-loops needs n >= 2 nodes.")
         k = c if loop else c - 1
-        row = torch.arange(n, device=device).repeat_interleave(k)
-        if loop:
-            col = torch.arange(c, device=device).repeat(n)
-        else:
-            full = torch.arange(c, device=device).repeat(n).view(n, c)
-            col = full.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(-1)
         ptr = torch.arange(0, n * k + 1, k, device=device)
-        return cls(ptr, row, col, n, c, degree=k, dense_loop=loop)
+        # row/col are built lazily (see the properties): the dense paths never read them.
+        return cls(ptr, None, None, n, c, degree=k, dense_loop=loop)
 
     @classmethod
     def from_topk(cls, indices: Tensor, num_cols: int) -> EdgeSet:
@@ -263,8 +287,25 @@ class EdgeSet:
             )
         key = torch.cat([a.row * a.num_cols + a.col, b.row * b.num_cols + b.col]).unique()
         out = cls._from_sorted(key // a.num_cols, key % a.num_cols, a.num_rows, a.num_cols)
-        batch = a.batch if a.batch is not None else b.batch
-        return out.with_batch(batch, a.num_graphs) if batch is not None else out
+        for g in (a, b):
+            if g.batch is not None:
+                return out.with_batch(g.batch, g.num_graphs)
+        return out
+
+    @staticmethod
+    def sample_nodes(
+        n: int, max_samples: int, *, generator: torch.Generator | None = None,
+        device: torch.device | str | None = None,
+    ) -> Tensor:
+        """``[m]`` sorted indices of ``m = min(n, max_samples)`` nodes drawn without replacement
+        (all ``n`` nodes, in order, when ``n <= max_samples``). The draw uses a CPU
+        ``randperm`` so that a seeded ``generator`` gives the same nodes on every device."""
+        if max_samples < 1:
+            raise ValueError(f"`max_samples` must be >= 1, got {max_samples}.")
+        if n <= max_samples:
+            return torch.arange(n, device=device)
+        perm = torch.randperm(n, generator=generator, device="cpu")[:max_samples]
+        return perm.sort().values.to(device)
 
     @classmethod
     def sample_pairs(
@@ -279,13 +320,7 @@ class EdgeSet:
             them. Index features with ``x[nodes]`` before evaluating a kernel, so the pair
             kernel stays one ``[m, m]`` matmul.
         """
-        if max_samples < 1:
-            raise ValueError(f"`max_samples` must be >= 1, got {max_samples}.")
-        if n <= max_samples:
-            nodes = torch.arange(n, device=device)
-        else:
-            perm = torch.randperm(n, generator=generator, device="cpu")[:max_samples]
-            nodes = perm.sort().values.to(device)
+        nodes = cls.sample_nodes(n, max_samples, generator=generator, device=device)
         return nodes, cls.dense(nodes.numel(), loop=loop, device=device)
 
     @classmethod
@@ -341,24 +376,30 @@ class EdgeSet:
                 f"k={k} needs at least {need} points per graph (loop={loop}), but graph {g} has "
                 f"{size}. Lower k or drop graphs that small."
             )
+        x = x.detach()
         xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-12) if metric == "cosine" else x
-        sq = (xn * xn).sum(-1)
         cols = []
         for s, e in bounds:
             size = e - s
             if size == 0:
                 continue
+            xs = xn[s:e]
+            if metric == "l2":
+                # Distances are translation invariant; centring each graph avoids the
+                # catastrophic cancellation of |q|^2 - 2 q.x + |x|^2 far from the origin.
+                xs = xs - xs.mean(0, keepdim=True)
+            sq = (xs * xs).sum(-1)
             step = chunk_size or max(1, KNN_CHUNK_ELEMENTS // size)
-            for q0 in range(s, e, step):
-                q1 = min(q0 + step, e)
+            for q0 in range(0, size, step):
+                q1 = min(q0 + step, size)
                 with torch.no_grad():
                     if metric == "l2":
-                        d = sq[q0:q1, None] - 2.0 * xn[q0:q1] @ xn[s:e].T + sq[None, s:e]
+                        d = sq[q0:q1, None] - 2.0 * xs[q0:q1] @ xs.T + sq[None, :]
                     else:
-                        d = 1.0 - xn[q0:q1] @ xn[s:e].T
+                        d = 1.0 - xs[q0:q1] @ xs.T
                     if not loop:
                         idx = torch.arange(q1 - q0, device=x.device)
-                        d[idx, idx + (q0 - s)] = math.inf
+                        d[idx, idx + q0] = math.inf
                     nbr = d.topk(k, dim=1, largest=False, sorted=True).indices
                 cols.append(nbr + s)
         col = torch.cat(cols).reshape(-1) if cols else torch.zeros(0, dtype=torch.long)

@@ -125,7 +125,8 @@ def pairwise_kernel(a: Tensor, b: Tensor | None = None, kernel: str = "dot", **p
 
 
 def edge_kernel(
-    x: Tensor, edges: EdgeSet, kernel: str = "dot", *, x_cols: Tensor | None = None, **params,
+    x: Tensor, edges: EdgeSet, kernel: str = "dot", *, x_cols: Tensor | None = None,
+    check: bool = True, **params,
 ) -> Tensor:
     """Kernel value on every edge: ``w[e] = kernel(x[row[e]], x_cols[col[e]])``. Shape ``[E]``.
 
@@ -134,16 +135,20 @@ def edge_kernel(
         edges: the EdgeSet (``R`` rows, ``C`` columns).
         kernel: a name from :data:`KERNELS`.
         x_cols: ``[C, D]`` column features for a bipartite graph (default: ``x``).
+        check: scan the features for NaN/inf (callers that already validated their inputs
+            pass ``False`` to avoid a second pass over them).
         **params: kernel parameters (``gamma``, ``degree``, ``coef``, ``scale``, ``eps``).
 
     Returns:
         ``[E]`` kernel values in edge order.
     """
     k = _get_kernel(kernel)
-    check_features(x, "x")
+    if check:
+        check_features(x, "x")
     xc = x if x_cols is None else x_cols
     if x_cols is not None:
-        check_features(x_cols, "x_cols")
+        if check:
+            check_features(x_cols, "x_cols")
         if x_cols.shape[1] != x.shape[1]:
             raise ValueError(
                 f"row features have width {x.shape[1]} but column features {x_cols.shape[1]}; "

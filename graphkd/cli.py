@@ -1,0 +1,216 @@
+"""``graphkd``: train teachers, distil students, write reports.
+
+Subcommands::
+
+    graphkd train-teacher --config configs/pointcloud_digits.yaml
+    graphkd distill --config configs/pointcloud_digits.yaml --method kd lsp gcrd --seeds 0 1 2
+    graphkd quickstart                 # the main job (`make demo`): digits clouds, DGCNN teacher
+    graphkd report runs/quickstart/results.json
+    graphkd methods                    # registered distillation losses
+
+Any config entry can be overridden with ``--set key.path=value`` (value parsed as YAML), e.g.
+``--set student.train.epochs=2 --set seeds=[0]``. Results go to ``<output_dir>/<name>/``:
+the cached teacher checkpoint, ``results.json`` (raw per-seed values), ``report.md`` and
+``report.png``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+__all__ = ["main", "build_parser", "QUICKSTART_CONFIG"]
+
+#: Config of ``graphkd quickstart`` (looked up in the working directory, then the repository).
+QUICKSTART_CONFIG = "configs/quickstart.yaml"
+
+
+def _find_config(path: str) -> Path:
+    p = Path(path)
+    if p.is_file() or p.is_absolute():
+        return p
+    repo = Path(__file__).resolve().parents[1] / path
+    return repo if repo.is_file() else p
+
+
+def _load(args: argparse.Namespace):
+    from graphkd.config import load_config
+
+    overrides = list(args.set or [])
+    if getattr(args, "output_dir", None):
+        overrides.append(f"output_dir={args.output_dir}")
+    if getattr(args, "device", None):
+        overrides.append(f"device={args.device}")
+    return load_config(_find_config(args.config), overrides)
+
+
+def _print_table(results: dict) -> None:
+    from graphkd.report import kd_comparison, results_table
+
+    print(results_table(results))
+    for line in kd_comparison(results):
+        print("  " + line)
+
+
+def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | None,
+                    args: argparse.Namespace) -> int:
+    from graphkd.experiment import run_dir, run_experiment
+    from graphkd.report import write_report
+
+    out = run_dir(cfg)
+    t0 = time.perf_counter()
+
+    def save(partial: dict) -> None:  # keep partial results if a long run is interrupted
+        out.mkdir(parents=True, exist_ok=True)
+        write_report(partial, out, plot=False)
+
+    results = run_experiment(cfg, methods, seeds, progress=not args.quiet, on_record=save,
+                             force_teacher=getattr(args, "force_teacher", False))
+    results["total_time_s"] = round(time.perf_counter() - t0, 1)
+    paths = write_report(results, out, plot=not args.no_plot)
+    _print_table(results)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())} "
+          f"({results['total_time_s']:.0f} s)")
+    return 0
+
+
+def cmd_train_teacher(args: argparse.Namespace) -> int:
+    """Train (or load from the cache) the config's teacher and print its metrics."""
+    from graphkd.experiment import train_teacher
+
+    cfg = _load(args)
+    _, rec = train_teacher(cfg, force=args.force, progress=not args.quiet)
+    state = "loaded from cache" if rec["cached"] else "trained"
+    print(f"teacher {state}: {rec['path']}")
+    print(f"best validation epoch {rec['best_epoch']}: val {rec['best_val']:.4f}, "
+          f"test {rec['test_at_best']:.4f}, {rec['epoch_time_median']:.3f} s/epoch")
+    return 0
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Train the student with each requested method (teacher trained or loaded first)."""
+    cfg = _load(args)
+    methods = args.method or None
+    if methods:
+        missing = [m for m in methods if m not in cfg.methods]
+        if missing:
+            from graphkd.config import ConfigError
+
+            raise ConfigError(f"method(s) {missing} not in {args.config}; it defines "
+                              f"{list(cfg.methods)} (add an entry under `methods:`).")
+    return _run_and_report(cfg, methods, args.seeds, args)
+
+
+def cmd_quickstart(args: argparse.Namespace) -> int:
+    """The main job: teacher, student alone, KD and the graph methods; table + report."""
+    if args.config is None:
+        args.config = QUICKSTART_CONFIG
+    cfg = _load(args)
+    print(f"graphkd quickstart: {cfg.name} ({cfg.data.name}), teacher "
+          f"{cfg.teacher.model.preset}, student {cfg.student.model.preset}, methods "
+          f"{list(cfg.methods)}, seeds {cfg.seeds}; output {cfg.output_dir}/{cfg.name}/",
+          flush=True)
+    return _run_and_report(cfg, args.method or None, args.seeds, args)
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    """Regenerate report.md / report.png from a results.json."""
+    import json
+
+    from graphkd.report import write_report
+
+    path = Path(args.results)
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} does not exist (graphkd distill writes results.json).")
+    results = json.loads(path.read_text())
+    out = Path(args.out) if args.out else path.parent
+    paths = write_report(results, out, json_name=path.name if out == path.parent
+                         else "results.json", plot=not args.no_plot)
+    _print_table(results)
+    print(f"\nwrote {', '.join(str(p) for p in paths.values())}")
+    return 0
+
+
+def cmd_methods(args: argparse.Namespace) -> int:
+    """Print the registered distillation losses."""
+    from graphkd.losses import LOSSES
+
+    for name in sorted(LOSSES):
+        doc = (LOSSES[name].__doc__ or "").strip().splitlines()
+        print(f"{name:10s} {doc[0] if doc else ''}")
+    return 0
+
+
+def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
+    p.add_argument("--config", required=config_required, default=None,
+                   help="YAML experiment config (see configs/)")
+    p.add_argument("--set", action="append", metavar="KEY=VALUE",
+                   help="override a config entry, e.g. --set student.train.epochs=2 (repeatable)")
+    p.add_argument("--output-dir", default=None, help="override output_dir of the config")
+    p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 or auto")
+    p.add_argument("-q", "--quiet", action="store_true", help="no progress bars")
+    p.add_argument("-v", "--verbose", action="store_true", help="log every finished run")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The argument parser (one subparser per command)."""
+    parser = argparse.ArgumentParser(
+        prog="graphkd", description="Graph-representation knowledge distillation.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("train-teacher", help="train (or load) the config's teacher")
+    _common(p, config_required=True)
+    p.add_argument("--force", action="store_true", help="retrain even if a cached one exists")
+    p.set_defaults(func=cmd_train_teacher)
+
+    for name, func, req, helptext in (
+        ("distill", cmd_distill, True, "distil the student with one or more methods"),
+        ("quickstart", cmd_quickstart, False,
+         "the main job on the embedded digits point clouds (make demo)"),
+    ):
+        p = sub.add_parser(name, help=helptext)
+        _common(p, config_required=req)
+        p.add_argument("--method", "--methods", nargs="+", default=None,
+                       help="method names from the config's `methods:` (default: all)")
+        p.add_argument("--seeds", nargs="+", type=int, default=None,
+                       help="student seeds (default: the config's)")
+        p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
+        p.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
+        p.set_defaults(func=func)
+
+    p = sub.add_parser("report", help="regenerate report.md/.png from results.json")
+    p.add_argument("results", help="path to results.json")
+    p.add_argument("--out", default=None, help="output folder (default: beside the JSON)")
+    p.add_argument("--no-plot", action="store_true")
+    p.set_defaults(func=cmd_report, quiet=True, verbose=False)
+
+    p = sub.add_parser("methods", help="list the registered distillation losses")
+    p.set_defaults(func=cmd_methods, quiet=True, verbose=False)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``graphkd`` command; returns the exit status.
+
+    Configuration errors, missing files and unknown names print one line on stderr and exit
+    with status 2 (no traceback).
+    """
+    from graphkd.config import ConfigError
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
+                        format="%(levelname)s %(name)s: %(message)s")
+    func: Callable[[argparse.Namespace], int] = args.func
+    try:
+        return func(args)
+    except (ConfigError, FileNotFoundError) as exc:
+        print(f"graphkd {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

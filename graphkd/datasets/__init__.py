@@ -1,0 +1,75 @@
+"""Point-cloud and molecule datasets as lists of PyG ``Data``, plus splits and transforms.
+
+Files live under the data root (``datasets/`` at the repository root, ``$GRAPHKD_DATA``, or
+``root=``); a missing file raises ``FileNotFoundError`` naming the path and the
+``datasets/<name>/README.md`` that says where to get it. Heavy imports (RDKit, h5py,
+scikit-learn, PyG) happen inside the loaders.
+
+Point clouds: :func:`load_digits_pointclouds` (offline default), :func:`load_modelnet40`.
+Molecules: :func:`load_chembl_series` (offline default), :func:`load_molecule_csv`,
+:func:`load_ogbg` / :func:`read_ogb_raw` / :func:`load_ogb_split`, :func:`smiles_to_data`.
+Splits: :func:`stratified_split`, :func:`scaffold_split`.
+"""
+
+from graphkd.datasets._paths import data_root
+from graphkd.datasets.features import (
+    ATOM_FEATURE_DIMS,
+    BOND_FEATURE_DIMS,
+    atom_to_feature_vector,
+    bond_to_feature_vector,
+    smiles_to_data,
+)
+from graphkd.datasets.molecules import (
+    CHEMBL_ACTIVE_PIC50,
+    load_chembl_series,
+    load_molecule_csv,
+    smiles_to_graphs,
+)
+from graphkd.datasets.ogb import load_ogb_split, load_ogbg, read_ogb_raw
+from graphkd.datasets.pointclouds import (
+    image_to_points,
+    load_digits_pointclouds,
+    load_modelnet40,
+    modelnet40_shape_names,
+)
+from graphkd.datasets.splits import murcko_scaffold, scaffold_split, stratified_split, subset
+from graphkd.datasets.transforms import (
+    Compose,
+    Jitter,
+    NormalizeUnitSphere,
+    RandomScaleShift,
+    SamplePoints,
+    ShufflePoints,
+    normalize_unit_sphere,
+)
+
+__all__ = [
+    "ATOM_FEATURE_DIMS",
+    "BOND_FEATURE_DIMS",
+    "CHEMBL_ACTIVE_PIC50",
+    "Compose",
+    "Jitter",
+    "NormalizeUnitSphere",
+    "RandomScaleShift",
+    "SamplePoints",
+    "ShufflePoints",
+    "atom_to_feature_vector",
+    "bond_to_feature_vector",
+    "data_root",
+    "image_to_points",
+    "load_chembl_series",
+    "load_digits_pointclouds",
+    "load_modelnet40",
+    "load_molecule_csv",
+    "load_ogb_split",
+    "load_ogbg",
+    "modelnet40_shape_names",
+    "murcko_scaffold",
+    "normalize_unit_sphere",
+    "read_ogb_raw",
+    "scaffold_split",
+    "smiles_to_data",
+    "smiles_to_graphs",
+    "stratified_split",
+    "subset",
+]

@@ -1,0 +1,53 @@
+"""Where dataset files live: the data root, and errors that say where to put a missing file.
+
+The default data root is the repository's top-level ``datasets/`` folder (next to ``graphkd/``);
+set the environment variable ``GRAPHKD_DATA`` or pass ``root=`` to any loader to use another one.
+Each dataset has a subfolder ``<root>/<name>/`` and a ``datasets/<name>/README.md`` that says
+where to get its files.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+__all__ = ["data_root", "dataset_dir", "require"]
+
+_REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
+
+
+def data_root(root: str | os.PathLike | None = None) -> Path:
+    """Resolve the data root: ``root`` if given, else ``$GRAPHKD_DATA``, else ``datasets/``.
+
+    Example:
+        >>> data_root("/tmp/data")
+        PosixPath('/tmp/data')
+    """
+    if root is not None:
+        return Path(root)
+    env = os.environ.get("GRAPHKD_DATA")
+    if env:
+        return Path(env)
+    return _REPO_DATASETS if _REPO_DATASETS.is_dir() else Path.cwd() / "datasets"
+
+
+def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
+    """``<data root>/<name>``: the folder of one dataset."""
+    return data_root(root) / name
+
+
+def require(path: Path, name: str, what: str) -> Path:
+    """Return ``path`` if it exists, else raise ``FileNotFoundError`` saying what to put there.
+
+    Args:
+        path: the file or folder that must exist.
+        name: the dataset's folder name (its README is ``datasets/<name>/README.md``).
+        what: one line describing the expected file(s).
+    """
+    if not path.exists():
+        raise FileNotFoundError(
+            f"{path} not found. Expected {what}. Put the files under {path.parent}/ (or pass "
+            f"root=... / set GRAPHKD_DATA to the folder holding '{name}/'); "
+            f"datasets/{name}/README.md says where to get them."
+        )
+    return path

@@ -1,0 +1,162 @@
+"""Point-cloud datasets as lists of PyG ``Data(pos=[P, D], y=[1])``.
+
+* :func:`load_digits_pointclouds` -- the embedded default: scikit-learn's shipped ``load_digits``
+  (1,797 real 8x8 handwritten digits, 10 classes) turned into 2-D point clouds by sampling
+  ``num_points`` points from each image's ink density (see :func:`image_to_points`).
+* :func:`load_modelnet40` -- ModelNet40 in the standard ``modelnet40_ply_hdf5_2048`` layout
+  (``ply_data_{train,test}{i}.h5``, keys ``data`` ``[n, 2048, 3]`` float32, ``label`` ``[n, 1]``):
+  9,840 train / 2,468 test shapes, 40 classes.
+
+Convention for the point-cloud models: clouds are batched PyG-style (``Batch.from_data_list``),
+so a batch is a flat ``pos`` ``[sum P, D]`` plus a sorted ``batch`` ``[sum P]`` vector.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from graphkd.datasets._paths import dataset_dir, require
+
+__all__ = [
+    "MODELNET40_DIR",
+    "image_to_points",
+    "load_digits_pointclouds",
+    "load_modelnet40",
+    "modelnet40_shape_names",
+]
+
+MODELNET40_DIR = "modelnet40_ply_hdf5_2048"
+
+
+def image_to_points(image: Tensor, num_points: int, generator: torch.Generator | None = None,
+                    ) -> Tensor:
+    """Sample ``num_points`` 2-D points from a grey image read as a density.
+
+    Pixel ``(r, c)`` (row ``r`` from the top) with intensity ``v`` is the square
+    ``[c, c + 1] x [r, r + 1]``; a point falls in it with probability ``v / sum(v)`` and is
+    uniform inside it. Coordinates are mapped to ``[-1, 1]``: ``x = 2 c' / W - 1`` and
+    ``y = 1 - 2 r' / H`` (y points up), where ``(c', r')`` is the sampled position.
+
+    Args:
+        image: ``[H, W]`` non-negative intensities with a positive sum.
+        num_points: ``P``.
+        generator: optional CPU generator.
+
+    Returns:
+        ``[P, 2]`` float32 points.
+    """
+    if image.dim() != 2:
+        raise ValueError(f"`image` must be [H, W], got shape {tuple(image.shape)}.")
+    img = image.detach().to("cpu", torch.float64)
+    if bool((img < 0).any()) or float(img.sum()) <= 0:
+        raise ValueError("`image` needs non-negative intensities with a positive sum.")
+    h, w = img.shape
+    cell = torch.multinomial(img.flatten(), num_points, replacement=True, generator=generator)
+    offset = torch.rand(num_points, 2, generator=generator, dtype=torch.float64)
+    col = (cell % w).double() + offset[:, 0]
+    row = (cell // w).double() + offset[:, 1]
+    return torch.stack([2 * col / w - 1, 1 - 2 * row / h], dim=1).float()
+
+
+def load_digits_pointclouds(num_points: int = 64, *, seed: int = 0) -> list:
+    """scikit-learn's ``load_digits`` as 2-D point clouds (the offline default).
+
+    Args:
+        num_points: points sampled per digit from its ink density (:func:`image_to_points`).
+        seed: seed of the sampling (the same seed gives the same clouds).
+
+    Returns:
+        1,797 ``Data`` with ``pos`` ``[num_points, 2]`` float32 in ``[-1, 1]^2`` and ``y``
+        ``[1]`` int64 (digit 0-9), in sklearn's order. Split with
+        :func:`~graphkd.datasets.splits.stratified_split`.
+
+    Example:
+        >>> clouds = load_digits_pointclouds(64)
+        >>> len(clouds), tuple(clouds[0].pos.shape)
+        (1797, (64, 2))
+    """
+    from sklearn.datasets import load_digits
+    from torch_geometric.data import Data
+
+    if num_points < 1:
+        raise ValueError(f"`num_points` must be >= 1, got {num_points}.")
+    digits = load_digits()
+    images = torch.as_tensor(digits.images)
+    labels = torch.as_tensor(digits.target).long()
+    gen = torch.Generator().manual_seed(seed)
+    return [Data(pos=image_to_points(img, num_points, gen), y=labels[i:i + 1])
+            for i, img in enumerate(images)]
+
+
+def _h5_files(base: Path, split: str) -> list[Path]:
+    def key(p: Path) -> int:
+        m = re.search(r"(\d+)\.h5$", p.name)
+        return int(m.group(1)) if m else -1
+
+    return sorted(base.glob(f"ply_data_{split}*.h5"), key=key)
+
+
+def modelnet40_shape_names(root: str | os.PathLike | None = None) -> list[str]:
+    """Class names from ``shape_names.txt`` (index = label)."""
+    path = require(dataset_dir(MODELNET40_DIR, root) / "shape_names.txt", MODELNET40_DIR,
+                   "shape_names.txt (40 class names, one per line)")
+    return [s.strip() for s in path.read_text().splitlines() if s.strip()]
+
+
+def load_modelnet40(
+    split: str = "train", *, num_points: int = 1024, root: str | os.PathLike | None = None,
+) -> list:
+    """Read ModelNet40 from ``<root>/modelnet40_ply_hdf5_2048/ply_data_<split>*.h5``.
+
+    Files are read in the order of their numeric suffix (``..._train0.h5``, ``_train1.h5``, ...);
+    each shape keeps its first ``num_points`` points, as the DGCNN and PointNet data loaders do
+    (the 2,048 points of each file are already in random order). Carve a validation set from
+    the official train split with :func:`~graphkd.datasets.splits.stratified_split`.
+
+    Args:
+        split: ``"train"`` or ``"test"`` (the official files).
+        num_points: points per shape, at most the files' 2,048.
+        root: data root (default: ``datasets/`` or ``$GRAPHKD_DATA``).
+
+    Returns:
+        list of ``Data`` with ``pos`` ``[num_points, 3]`` float32 and ``y`` ``[1]`` int64.
+
+    Example:
+        >>> train = load_modelnet40("train", num_points=1024)  # doctest: +SKIP
+    """
+    if split not in ("train", "test"):
+        raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
+    import h5py
+    from torch_geometric.data import Data
+
+    base = require(dataset_dir(MODELNET40_DIR, root), MODELNET40_DIR,
+                   f"the folder {MODELNET40_DIR}/ with ply_data_train*.h5 / ply_data_test*.h5")
+    files = _h5_files(base, split)
+    if not files:
+        raise FileNotFoundError(
+            f"no ply_data_{split}*.h5 in {base}. Expected the modelnet40_ply_hdf5_2048 files "
+            f"(ply_data_{split}0.h5, ...); datasets/{MODELNET40_DIR}/README.md says where to "
+            "get them."
+        )
+    out = []
+    for path in files:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "label" not in f:
+                raise ValueError(f"{path} must hold datasets 'data' [n, P, 3] and 'label' "
+                                 f"[n, 1]; found keys {sorted(f.keys())}.")
+            pos = torch.from_numpy(f["data"][:].astype("float32"))
+            label = torch.from_numpy(f["label"][:].astype("int64")).view(-1)
+        if pos.dim() != 3 or pos.shape[2] != 3 or label.shape[0] != pos.shape[0]:
+            raise ValueError(f"{path}: 'data' must be [n, P, 3] and 'label' [n, 1]; got "
+                             f"{tuple(pos.shape)} and {tuple(label.shape)}.")
+        if num_points > pos.shape[1]:
+            raise ValueError(f"num_points={num_points} but {path} holds {pos.shape[1]} points "
+                             "per shape.")
+        out += [Data(pos=p[:num_points].clone(), y=label[i:i + 1])
+                for i, p in enumerate(pos)]
+    return out

@@ -1,0 +1,210 @@
+"""Reports of an experiment: a markdown table, an honest comparison with plain KD, a plot.
+
+Everything is generated from the raw results dict of :func:`graphkd.experiment.run_experiment`
+(kept as JSON beside the report), never typed by hand.
+
+Example:
+    >>> paths = write_report(results, "runs/pointcloud_digits")   # doctest: +SKIP
+    >>> sorted(p.name for p in paths.values())                     # doctest: +SKIP
+    ['report.md', 'report.png', 'results.json']
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from graphkd.experiment import summarize
+
+__all__ = ["fmt_mean_std", "results_table", "kd_comparison", "markdown_report", "plot_results",
+           "write_report"]
+
+#: Graph-representation methods (compared with plain KD in the text of a report).
+GRAPH_METHODS = ("lsp", "gsp", "gkd", "gcrd", "hkd", "mhgd")
+#: Overhead target of the graph methods: epoch time at most this multiple of a plain-KD epoch.
+KD_OVERHEAD_TARGET = 1.3
+
+
+def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
+    """``'87.31 ± 0.52'`` (values multiplied by ``scale``); ``'—'`` for NaN."""
+    if not math.isfinite(mean):
+        return "—"
+    return f"{mean * scale:.{digits}f} ± {std * scale:.{digits}f}"
+
+
+def _scale(results: dict[str, Any]) -> float:
+    """Accuracy/ROC-AUC are shown in percent."""
+    return 100.0 if results.get("metric") in ("accuracy", "ROC-AUC") else 1.0
+
+
+def _ratio(r: float | None) -> str:
+    return "—" if r is None else f"{r:.2f}×"
+
+
+def results_table(results: dict[str, Any]) -> str:
+    """Markdown table: method, test metric (mean ± std over seeds, at the best validation
+    epoch), validation metric, epoch time, epoch time relative to the student alone and to KD."""
+    rows = summarize(results)
+    s = _scale(results)
+    unit = " (%)" if s == 100.0 else ""
+    metric = results.get("metric", "metric")
+    head = ["method", f"test {metric}{unit}", f"val {metric}{unit}", "seeds", "s / epoch",
+            "× student", "× KD"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * len(head)) + "|"]
+    t = results.get("teacher")
+    if t:
+        lines.append(
+            f"| teacher | {fmt_mean_std(t['test_at_best'], 0.0, s).split(' ±')[0]} | "
+            f"{fmt_mean_std(t['best_val'], 0.0, s).split(' ±')[0]} | 1 | "
+            f"{t['epoch_time_median']:.3f} | — | — |"
+        )
+    for r in rows:
+        lines.append(
+            f"| {r['method']} | {fmt_mean_std(r['test_mean'], r['test_std'], s)} | "
+            f"{fmt_mean_std(r['val_mean'], r['val_std'], s)} | {r['n']} | "
+            f"{r['epoch_time']:.3f} ± {r['epoch_time_std']:.3f} | {_ratio(r['vs_student'])} | "
+            f"{_ratio(r['vs_kd'])} |"
+        )
+    return "\n".join(lines)
+
+
+def kd_comparison(results: dict[str, Any], *, kd: str = "kd",
+                  student: str = "student") -> list[str]:
+    """Plain-language lines: which methods beat the student alone and plain KD, by how much
+    (mean over seeds), and whether the gap exceeds the seeds' spread; and which graph methods
+    meet the epoch-time target of :data:`KD_OVERHEAD_TARGET` × KD."""
+    rows = {r["method"]: r for r in summarize(results, student=student, kd=kd)}
+    hib = results.get("higher_is_better", True)
+    s = _scale(results)
+    out: list[str] = []
+    for ref_name in (student, kd):
+        ref = rows.get(ref_name)
+        if ref is None or not math.isfinite(ref["test_mean"]):
+            continue
+        better, not_better = [], []
+        for m, r in rows.items():
+            if m in (student, ref_name) or not math.isfinite(r["test_mean"]):
+                continue
+            d = (r["test_mean"] - ref["test_mean"]) * (1 if hib else -1)
+            noise = max(r["test_std"], ref["test_std"])
+            tag = f"{m} ({d * s:+.2f}{'' if abs(d) > noise else ', within 1 std'})"
+            (better if d > 0 else not_better).append(tag)
+        label = "the student alone" if ref_name == student else "plain KD"
+        out.append(f"Above {label} (mean over seeds): {', '.join(better) or 'none'}.")
+        out.append(f"Not above {label}: {', '.join(not_better) or 'none'}.")
+    graph = [m for m in rows if m in GRAPH_METHODS and rows[m]["vs_kd"] is not None]
+    if graph:
+        ok = [f"{m} ({rows[m]['vs_kd']:.2f}×)" for m in graph
+              if rows[m]["vs_kd"] <= KD_OVERHEAD_TARGET]
+        bad = [f"{m} ({rows[m]['vs_kd']:.2f}×)" for m in graph
+               if rows[m]["vs_kd"] > KD_OVERHEAD_TARGET]
+        out.append(f"Epoch time within {KD_OVERHEAD_TARGET}× plain KD: {', '.join(ok) or 'none'}"
+                   f"; above it: {', '.join(bad) or 'none'}.")
+    return out
+
+
+def markdown_report(results: dict[str, Any], *, title: str | None = None,
+                    plot_name: str | None = None) -> str:
+    """The whole markdown report: setup, table, comparison with KD, optional plot link."""
+    cfg = results.get("config", {})
+    d = results.get("data", {})
+    st, te = cfg.get("student", {}), cfg.get("teacher", {})
+    lines = [f"# {title or results.get('name', 'experiment')}", ""]
+    if results.get("machine"):
+        lines += [f"Machine: {results['machine']}", ""]
+    lines += [
+        f"Data: `{cfg.get('data', {}).get('name', '?')}` — {d.get('train', '?')} train / "
+        f"{d.get('val', '?')} val / {d.get('test', '?')} test graphs, "
+        f"{d.get('num_classes', '?')} outputs.",
+        f"Teacher: `{te.get('model', {}).get('preset', '?')}` "
+        f"({(results.get('teacher') or {}).get('num_params', '?')} parameters), "
+        f"{te.get('train', {}).get('epochs', '?')} epochs. Student: "
+        f"`{st.get('model', {}).get('preset', '?')}`, {st.get('train', {}).get('epochs', '?')} "
+        f"epochs, batch {st.get('train', {}).get('batch_size', '?')}, seeds "
+        f"{results.get('seeds')}.",
+        "",
+        f"Test {results.get('metric')} at the epoch with the best validation "
+        f"{results.get('metric')}, mean ± std over seeds. `s / epoch`: median training time of "
+        "an epoch (evaluation excluded), mean ± std over seeds; `× student` / `× KD`: relative "
+        "to the student trained alone / with plain KD (which already pays the teacher's "
+        "forward pass).",
+        "",
+        results_table(results),
+        "",
+    ]
+    comp = kd_comparison(results)
+    if comp:
+        lines += ["**Comparison** (generated from the numbers above):", ""]
+        lines += [f"- {c}" for c in comp] + [""]
+    if results.get("notes"):
+        lines += [f"- {n}" for n in results["notes"]] + [""]
+    if plot_name:
+        lines += [f"![results]({plot_name})", ""]
+    return "\n".join(lines)
+
+
+def plot_results(results: dict[str, Any], path: str | Path) -> Path:
+    """Two panels: test metric (mean ± std) per method with the student/KD/teacher as lines,
+    and epoch time relative to the student alone. Needs matplotlib (``graphkd[plot]``)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError as exc:  # pragma: no cover - depends on the environment
+        raise ImportError("plots need matplotlib: pip install 'graphkd[plot]'") from exc
+    rows = summarize(results)
+    s = _scale(results)
+    names = [r["method"] for r in rows]
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.35 * len(rows) + 1.8), sharey=True)
+    y = list(range(len(rows)))
+    ax1.barh(y, [r["test_mean"] * s for r in rows], xerr=[r["test_std"] * s for r in rows],
+             color=["tab:gray" if r["method"] in ("student", "kd") else "tab:blue"
+                    for r in rows], capsize=3)
+    refs = {r["method"]: r["test_mean"] * s for r in rows if r["method"] in ("student", "kd")}
+    t = results.get("teacher")
+    if t:
+        refs["teacher"] = t["test_at_best"] * s
+    styles = {"student": ":", "kd": "--", "teacher": "-"}
+    for k, v in refs.items():
+        ax1.axvline(v, color="k", ls=styles[k], lw=1, label=k)
+    vals = [r["test_mean"] * s for r in rows if math.isfinite(r["test_mean"])]
+    if vals:
+        lo, hi = min(vals + list(refs.values())), max(vals + list(refs.values()))
+        pad = max((hi - lo) * 0.3, 0.5)
+        ax1.set_xlim(lo - pad, hi + pad)
+    ax1.set_yticks(y, names)
+    ax1.invert_yaxis()
+    ax1.set_xlabel(f"test {results.get('metric')}" + (" (%)" if s == 100 else ""))
+    ax1.legend(loc="lower right", fontsize=8)
+    ax2.barh(y, [r["vs_student"] or 0 for r in rows], color="tab:orange")
+    ax2.axvline(1.0, color="k", lw=1)
+    ax2.set_xlabel("epoch time / student-alone epoch time")
+    fig.suptitle(results.get("name", ""))
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def write_report(results: dict[str, Any], directory: str | Path, *, stem: str = "report",
+                 json_name: str = "results.json", title: str | None = None,
+                 plot: bool = True) -> dict[str, Path]:
+    """Write ``results.json``, ``<stem>.md`` and (if ``plot``) ``<stem>.png`` into
+    ``directory``; return their paths by kind (``json``, ``md``, ``png``)."""
+    out = Path(directory)
+    out.mkdir(parents=True, exist_ok=True)
+    paths: dict[str, Path] = {"json": out / json_name}
+    paths["json"].write_text(json.dumps(results, indent=1, default=str) + "\n")
+    png = None
+    if plot and results.get("runs"):
+        png = plot_results(results, out / f"{stem}.png")
+        paths["png"] = png
+    paths["md"] = out / f"{stem}.md"
+    paths["md"].write_text(markdown_report(results, title=title,
+                                           plot_name=png.name if png else None))
+    return paths
