@@ -29,7 +29,8 @@ logits method's name (``"kd"``) and ``"{method}[{student path}]"`` per match (or
 ``call(model, data) -> output``. The default :func:`default_call` runs ``model(data)``, or
 ``model(data[0])`` for an ``(inputs, target)`` tuple. :func:`pyg_call` runs
 ``model(data.x, data.edge_index, data.batch)``; a DGL-style model is
-``call=lambda m, g: m(g, g.ndata["feat"])``. The output's logits are the output itself, or its
+``call=lambda m, g: m(g, g.ndata["feat"])`` (its graph context is read by
+:func:`dgl_context`). The output's logits are the output itself, or its
 first element when it is a tuple/list. The target is read by ``target(data)`` (default
 :func:`default_target`: ``data.y``, or ``data[-1]`` for a tuple).
 
@@ -98,6 +99,7 @@ __all__ = [
     "pyg_call",
     "default_target",
     "graph_context",
+    "dgl_context",
     "logits_of",
     "prepare_target",
     "mean_pool",
@@ -166,14 +168,42 @@ def prepare_target(logits: Tensor, y: Tensor) -> Tensor:
     return y
 
 
+def _is_dgl_graph(data: Any) -> bool:
+    return callable(getattr(data, "batch_num_nodes", None)) and callable(
+        getattr(data, "edges", None))
+
+
+def dgl_context(g: Any) -> dict[str, Any]:
+    """Graph context of a (batched) DGL graph, with long-stable DGL APIs only.
+
+    ``edge_index = stack(g.edges())`` (``src -> dst``), ``batch`` from ``g.batch_num_nodes()``,
+    ``pos = g.ndata["pos"]`` when present; DGL itself is not imported.
+    """
+    src, dst = g.edges()
+    sizes = g.batch_num_nodes().to(src.device)
+    num_nodes = g.num_nodes()
+    batch = torch.repeat_interleave(torch.arange(sizes.shape[0], device=src.device), sizes,
+                                    output_size=num_nodes)
+    ctx = {"edge_index": torch.stack([src, dst]).long(), "batch": batch,
+           "num_nodes": num_nodes, "num_graphs": int(sizes.shape[0])}
+    if "pos" in g.ndata:
+        ctx["pos"] = g.ndata["pos"]
+    return ctx
+
+
 def graph_context(data: Any) -> dict[str, Any]:
-    """Graph context of a PyG ``Data``/``Batch``: ``batch``, ``edge_index``, ``pos``.
+    """Graph context of a PyG ``Data``/``Batch`` (or a DGL graph): ``batch``, ``edge_index``,
+    ``pos``.
 
     Returns a dict with the keys present (``num_nodes`` and ``num_graphs`` too when there is a
     graph); ``{}`` for tensors and tuples. A single ``Data`` gets ``batch = zeros(num_nodes)``.
+    A DGL graph (duck-typed: ``edges`` and ``batch_num_nodes`` methods) goes to
+    :func:`dgl_context`.
     """
     if isinstance(data, (Tensor, tuple, list)) or data is None:
         return {}
+    if _is_dgl_graph(data):
+        return dgl_context(data)
     ctx: dict[str, Any] = {}
     for key in ("edge_index", "pos"):
         value = getattr(data, key, None)
@@ -203,8 +233,8 @@ def mean_pool(x: Tensor, batch: Tensor, num_graphs: int) -> Tensor:
     r"""Mean of the node features of each graph: :math:`g_b = \frac{1}{n_b}\sum_{i: batch_i=b}
     x_i`. ``[N, D] -> [B, D]`` (an empty graph gives zeros)."""
     out = x.new_zeros(num_graphs, *x.shape[1:]).index_add(0, batch, x)
-    count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).to(x.dtype)
-    return out / count.view(-1, *([1] * (x.dim() - 1)))
+    count = x.new_zeros(num_graphs).index_add(0, batch, x.new_ones(batch.shape[0]))
+    return out / count.clamp_min(1).view(-1, *([1] * (x.dim() - 1)))
 
 
 def _to_device(data: Any, device: torch.device) -> Any:
@@ -575,7 +605,8 @@ class Distiller(nn.Module):
         return list(self._setup_params)
 
     def close(self) -> None:
-        """Remove all hooks and the optimizer check."""
+        """Remove all hooks and the optimizer check (``setup`` re-attaches the hooks and keeps
+        the heads already built)."""
         for h in [self._student_hooks, *self._teacher_hooks]:
             if h is not None:
                 h.close()
@@ -673,7 +704,9 @@ class Distiller(nn.Module):
         """
         if self.is_setup:
             return self
-        device = next((p.device for p in self.student.parameters()), None)
+        first = next(self.student.parameters(), None)
+        device = None if first is None else first.device
+        dtype = first.dtype if first is not None and first.is_floating_point() else None
         if device is not None:
             example = _to_device(example, device)
         s_paths = [p for s in self._specs for p in s.match.student_paths]
@@ -691,8 +724,11 @@ class Distiller(nn.Module):
                 s_out, s_feats, t_outs, t_feats = self._run(example)
                 ctx = self.context(example)
                 self._check_logits(s_out, t_outs)
-                built = [self._build(spec, s_feats, t_feats[spec.teacher], ctx, device)
-                         for spec in self._specs]
+                if len(self.match_losses) != len(self._specs):  # not built yet
+                    built = [self._build(spec, s_feats, t_feats[spec.teacher], ctx, device,
+                                         dtype) for spec in self._specs]
+                else:  # set up again after close(): keep the trained heads
+                    built = []
         except Exception:
             self.close()
             raise
@@ -726,7 +762,7 @@ class Distiller(nn.Module):
                 )
 
     def _build(self, spec: _Spec, s_feats: dict, t_feats: dict, ctx: dict,
-               device: torch.device | None) -> nn.Module:
+               device: torch.device | None, dtype: torch.dtype | None) -> nn.Module:
         m = spec.match
         f_s, f_t, kwargs = self._inputs(spec, s_feats, t_feats, ctx)
         fs = f_s if m.multi_layer else (f_s,)
@@ -741,7 +777,7 @@ class Distiller(nn.Module):
         else:
             loss = get_loss(m.method, **m.params)
         if device is not None:
-            loss = loss.to(device)
+            loss = loss.to(device=device, dtype=dtype)  # heads follow the student
         was = loss.training
         loss.eval()
         try:
@@ -758,6 +794,18 @@ class Distiller(nn.Module):
         finally:
             loss.train(was)
         return loss
+
+    def load_state_dict(
+        self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False,
+    ):
+        """Load student, heads/adapters (and a mutual peer); the Distiller must be set up."""
+        if not self.is_setup and any(k.startswith("match_losses.") for k in state_dict):
+            raise RuntimeError(
+                "this state holds the methods' heads/adapters, which a Distiller builds from "
+                "the feature widths at setup: pass example= to Distiller (or call "
+                "distiller.setup(example_batch)) before load_state_dict."
+            )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     # ------------------------------------------------------------------ forward
     def forward(self, data: Any) -> tuple[Any, dict[str, Tensor]]:

@@ -45,6 +45,10 @@ def reduce(values: Tensor, reduction: str, *, group: Tensor | None = None,
         raise ValueError(f"unknown reduction {reduction!r}; valid: {REDUCTIONS}.")
     if reduction == "none":
         return values
+    if valid is None and reduction == "mean":
+        return values.mean()
+    if valid is None and reduction == "sum":
+        return values.sum()
     weight = values.new_ones(values.shape) if valid is None else valid.to(values.dtype)
     if reduction == "sum":
         return (values * weight).sum()
@@ -108,6 +112,8 @@ def edge_mse(
 ) -> Tensor:
     r"""Squared error per edge, :math:`\ell_e = (w^S_e - w^T_e)^2`. Units: edges."""
     _check_pair(w_s, w_t, edges)
+    if reduction in ("mean", "sum", "none"):  # fused kernel, fewer [E] temporaries
+        return F.mse_loss(w_s, w_t, reduction=reduction)
     return _edge_reduce((w_s - w_t) ** 2, edges, reduction)
 
 
@@ -121,6 +127,8 @@ def edge_huber(
         |d| - \tfrac12\delta & \text{otherwise}\end{cases},\quad d = w^S_e - w^T_e
     """
     _check_pair(w_s, w_t, edges)
+    if reduction in ("mean", "sum", "none"):
+        return F.smooth_l1_loss(w_s, w_t, reduction=reduction, beta=delta)
     per_edge = F.smooth_l1_loss(w_s, w_t, reduction="none", beta=delta)
     return _edge_reduce(per_edge, edges, reduction)
 

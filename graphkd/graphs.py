@@ -388,15 +388,17 @@ class EdgeSet:
                 # Distances are translation invariant; centring each graph avoids the
                 # catastrophic cancellation of |q|^2 - 2 q.x + |x|^2 far from the origin.
                 xs = xs - xs.mean(0, keepdim=True)
-            sq = (xs * xs).sum(-1)
+            sq = (xs * xs).sum(-1)[None, :]
             step = chunk_size or max(1, KNN_CHUNK_ELEMENTS // size)
             for q0 in range(0, size, step):
                 q1 = min(q0 + step, size)
                 with torch.no_grad():
+                    # Ranking keys, one GEMM each: |q|^2 is constant along a query's row, so
+                    # |x|^2 - 2 q.x ranks like the squared distance; -q.x ranks like 1 - cos.
                     if metric == "l2":
-                        d = sq[q0:q1, None] - 2.0 * xs[q0:q1] @ xs.T + sq[None, :]
+                        d = torch.addmm(sq, xs[q0:q1], xs.T, alpha=-2.0)
                     else:
-                        d = 1.0 - xs[q0:q1] @ xs.T
+                        d = torch.mm(xs[q0:q1], xs.T).neg_()
                     if not loop:
                         idx = torch.arange(q1 - q0, device=x.device)
                         d[idx, idx + q0] = math.inf

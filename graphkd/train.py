@@ -150,13 +150,13 @@ def evaluate(
     try:
         for data in tqdm(loader, desc="eval", leave=False, disable=not progress):
             data = _to_device(data, device)
-            outs.append(_predict(model, data, call).cpu())
-            ys.append(target(data).cpu())
+            outs.append(_predict(model, data, call))
+            ys.append(target(data))
     finally:
         model.train(was)
     if not outs:
         raise ValueError("the evaluation loader is empty.")
-    logits, y = torch.cat(outs), torch.cat(ys)
+    logits, y = torch.cat(outs).cpu(), torch.cat(ys).cpu()  # one transfer, not one per batch
     return {metric: compute_metric(metric, logits, y), "num_samples": int(y.shape[0])}
 
 
@@ -262,6 +262,13 @@ def _build_optimizer(model: nn.Module, optimizer: OptimizerSpec | None, lr: floa
             model._checked_optimizers.add(optimizer)
         return optimizer
     return optimizer(params)
+
+
+def _save(obj: dict[str, Any], path: Path) -> None:
+    """``torch.save`` through a temporary file, so an interruption never leaves half a file."""
+    tmp = path.with_suffix(".tmp")
+    torch.save(obj, tmp)
+    tmp.replace(path)
 
 
 def _write_csv(path: Path, row: dict[str, float], append: bool) -> None:
@@ -414,13 +421,12 @@ def fit(
             result.best_epoch, result.best_metric = epoch, value
             best_state = copy.deepcopy(model.state_dict())
             if out is not None:
-                torch.save({"model": best_state, "epoch": epoch, "metric": value},
-                           out / "best.pt")
+                _save({"model": best_state, "epoch": epoch, "metric": value}, out / "best.pt")
         log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                    if k != "epoch"))
         if out is not None:
             _write_csv(out / "log.csv", row, append=epoch > 1)
-            torch.save({
+            _save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric,
                 "history": result.history, "rng": torch.get_rng_state(),

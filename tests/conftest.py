@@ -5,6 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+# Tests use tiny tensors: intra-op threads only add OpenMP spin-waits on a shared 2-core box.
+torch.set_num_threads(1)
+
 DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(
     not torch.cuda.is_available(), reason="needs a CUDA device"))]
 

@@ -30,12 +30,20 @@ class DistillLoss(nn.Module):
       forward pass.
     * ``level``: ``"logits"`` (class scores), ``"batch"`` (one embedding per sample, relation
       across the batch) or ``"node"`` (node/point features, relations inside each graph).
+    * ``requires_pretraining``: a two-stage method (MHGD) whose heads are first trained on the
+      teacher alone; it then provides ``pretrain_loss(f_t, **context)``,
+      ``pretrain_parameters()``, ``finish_pretraining()`` and a ``pretrained`` flag, and
+      :func:`graphkd.train.fit` runs that stage before distillation.
+
+    A match over a tuple of layer paths (IRG, MHGD) receives tuples of tensors, and for
+    ``needs_dims`` methods tuples of widths.
     """
 
     name: ClassVar[str] = ""
     context: ClassVar[tuple[str, ...]] = ()
     needs_dims: ClassVar[bool] = False
     level: ClassVar[str] = "batch"
+    requires_pretraining: ClassVar[bool] = False
 
     def forward(self, f_s: Tensor, f_t: Tensor, **context) -> Tensor:  # pragma: no cover
         raise NotImplementedError
