@@ -378,6 +378,13 @@ class EdgeSet:
             )
         x = x.detach()
         xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-12) if metric == "cosine" else x
+        sizes_set = {e - s for s, e in bounds}
+        if len(bounds) > 1 and len(sizes_set) == 1 and chunk_size is None:
+            p = sizes_set.pop()
+            if p * p <= KNN_CHUNK_ELEMENTS:  # equal-size graphs: batched GEMM + top-k
+                nbr = _knn_equal_size(xn.view(len(bounds), p, -1), k, metric, loop)
+                out = cls.from_topk(nbr.view(n, k), n)
+                return out.with_batch(batch)
         cols = []
         for s, e in bounds:
             size = e - s
@@ -407,3 +414,31 @@ class EdgeSet:
         col = torch.cat(cols).reshape(-1) if cols else torch.zeros(0, dtype=torch.long)
         out = cls.from_topk(col.view(n, k), n)
         return out.with_batch(batch) if batch is not None else out
+
+
+def _knn_equal_size(xb: Tensor, k: int, metric: str, loop: bool) -> Tensor:
+    """kNN inside each of ``G`` equal-size graphs ``xb`` ``[G, P, D]`` (a batch of point clouds):
+    batched GEMMs over chunks of graphs holding about ``KNN_CHUNK_ELEMENTS`` distances.
+
+    Returns ``[G * P, k]`` global neighbour indices, nearest first.
+    """
+    g_total, p, _ = xb.shape
+    if metric == "l2":
+        xb = xb - xb.mean(1, keepdim=True)  # translation invariant; avoids cancellation
+    sq = (xb * xb).sum(-1).unsqueeze(1)  # [G, 1, P]
+    per = max(1, KNN_CHUNK_ELEMENTS // (p * p))
+    out = []
+    with torch.no_grad():
+        for g0 in range(0, g_total, per):
+            g1 = min(g0 + per, g_total)
+            xg = xb[g0:g1]
+            if metric == "l2":  # |x|^2 - 2 q.x ranks like the squared distance
+                d = torch.baddbmm(sq[g0:g1], xg, xg.transpose(1, 2), alpha=-2.0)
+            else:
+                d = torch.bmm(xg, xg.transpose(1, 2)).neg_()
+            if not loop:
+                d.diagonal(dim1=1, dim2=2).fill_(math.inf)
+            nbr = d.topk(k, dim=2, largest=False, sorted=True).indices
+            offset = torch.arange(g0, g1, device=xb.device).mul_(p).view(-1, 1, 1)
+            out.append((nbr + offset).reshape(-1, k))
+    return torch.cat(out)

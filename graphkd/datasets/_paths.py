@@ -11,7 +11,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-__all__ = ["data_root", "dataset_dir", "require"]
+__all__ = ["data_root", "dataset_dir", "readme_for", "require"]
 
 _REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -36,6 +36,13 @@ def dataset_dir(name: str, root: str | os.PathLike | None = None) -> Path:
     return data_root(root) / name
 
 
+def readme_for(name: str) -> str:
+    """The README that documents dataset folder ``name`` (all ``ogbg_mol*`` share one)."""
+    if name.startswith("ogbg_"):
+        name = "ogbg_molhiv"
+    return f"datasets/{name}/README.md"
+
+
 def require(path: Path, name: str, what: str) -> Path:
     """Return ``path`` if it exists, else raise ``FileNotFoundError`` saying what to put there.
 
@@ -48,6 +55,6 @@ def require(path: Path, name: str, what: str) -> Path:
         raise FileNotFoundError(
             f"{path} not found. Expected {what}. Put the files under {path.parent}/ (or pass "
             f"root=... / set GRAPHKD_DATA to the folder holding '{name}/'); "
-            f"datasets/{name}/README.md says where to get them."
+            f"{readme_for(name)} says where to get them."
         )
     return path

@@ -29,6 +29,8 @@ __all__ = ["CHEMBL_ACTIVE_PIC50", "load_chembl_series", "load_molecule_csv", "sm
 
 log = logging.getLogger(__name__)
 
+_ID_COLUMNS = {"", "num", "id", "mol_id", "cid", "index", "unnamed: 0"}
+
 #: Default activity threshold for the ChEMBL series: pIC50 >= 7, i.e. IC50 <= 100 nM.
 CHEMBL_ACTIVE_PIC50 = 7.0
 
@@ -77,7 +79,8 @@ def load_molecule_csv(
     Args:
         path: the ``.csv`` (or ``.csv.gz``) file.
         smiles_column: header of the SMILES column (matched case-insensitively).
-        label_columns: headers of the label columns; default: every other numeric column.
+        label_columns: headers of the label columns; default: every other all-numeric column
+            except id-like ones (``num``, ``id``, ``mol_id``, ``cid``, ``index``, unnamed).
         dtype: label dtype (empty cells become NaN, i.e. a missing label of a multi-task set).
 
     Returns:
@@ -88,7 +91,7 @@ def load_molecule_csv(
         >>> graphs = load_molecule_csv("datasets/bbbp/BBBP.csv", smiles_column="smiles",
         ...                            label_columns=["p_np"])  # doctest: +SKIP
     """
-    path = require(Path(path), Path(path).parent.name or ".", "a CSV with a SMILES column")
+    path = require(Path(path), "moleculenet", "a CSV with a SMILES column and label columns")
     opener = gzip.open if str(path).endswith(".gz") else open
     with opener(path, "rt", newline="") as fh:
         rows = list(csv.reader(fh))
@@ -103,8 +106,8 @@ def load_molecule_csv(
     body = [r for r in rows[1:] if r]
     if label_columns is None:
         label_idx = []
-        for j, _ in enumerate(header):
-            if j == s_idx:
+        for j, name in enumerate(lower):
+            if j == s_idx or name in _ID_COLUMNS:
                 continue
             try:
                 [_to_float(r[j]) for r in body]

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from graphkd.datasets._paths import dataset_dir, require
+from graphkd.datasets._paths import dataset_dir, readme_for, require
 
 __all__ = [
     "MODELNET40_DIR",
@@ -43,24 +43,31 @@ def image_to_points(image: Tensor, num_points: int, generator: torch.Generator |
     ``y = 1 - 2 r' / H`` (y points up), where ``(c', r')`` is the sampled position.
 
     Args:
-        image: ``[H, W]`` non-negative intensities with a positive sum.
+        image: ``[H, W]`` non-negative intensities with a positive sum, or a stack
+            ``[M, H, W]`` of such images (sampled in one call).
         num_points: ``P``.
         generator: optional CPU generator.
 
     Returns:
-        ``[P, 2]`` float32 points.
+        ``[P, 2]`` float32 points (``[M, P, 2]`` for a stack).
+
+    Example:
+        >>> image_to_points(torch.eye(8), 16).shape
+        torch.Size([16, 2])
     """
-    if image.dim() != 2:
-        raise ValueError(f"`image` must be [H, W], got shape {tuple(image.shape)}.")
+    if image.dim() not in (2, 3):
+        raise ValueError(f"`image` must be [H, W] or [M, H, W], got shape {tuple(image.shape)}.")
     img = image.detach().to("cpu", torch.float64)
-    if bool((img < 0).any()) or float(img.sum()) <= 0:
+    stack = img if img.dim() == 3 else img.unsqueeze(0)
+    if bool((stack < 0).any()) or bool((stack.flatten(1).sum(1) <= 0).any()):
         raise ValueError("`image` needs non-negative intensities with a positive sum.")
-    h, w = img.shape
-    cell = torch.multinomial(img.flatten(), num_points, replacement=True, generator=generator)
-    offset = torch.rand(num_points, 2, generator=generator, dtype=torch.float64)
-    col = (cell % w).double() + offset[:, 0]
-    row = (cell // w).double() + offset[:, 1]
-    return torch.stack([2 * col / w - 1, 1 - 2 * row / h], dim=1).float()
+    m, h, w = stack.shape
+    cell = torch.multinomial(stack.flatten(1), num_points, replacement=True, generator=generator)
+    offset = torch.rand(m, num_points, 2, generator=generator, dtype=torch.float64)
+    col = (cell % w).double() + offset[..., 0]
+    row = (cell // w).double() + offset[..., 1]
+    pts = torch.stack([2 * col / w - 1, 1 - 2 * row / h], dim=-1).float()
+    return pts if img.dim() == 3 else pts[0]
 
 
 def load_digits_pointclouds(num_points: int = 64, *, seed: int = 0) -> list:
@@ -88,9 +95,8 @@ def load_digits_pointclouds(num_points: int = 64, *, seed: int = 0) -> list:
     digits = load_digits()
     images = torch.as_tensor(digits.images)
     labels = torch.as_tensor(digits.target).long()
-    gen = torch.Generator().manual_seed(seed)
-    return [Data(pos=image_to_points(img, num_points, gen), y=labels[i:i + 1])
-            for i, img in enumerate(images)]
+    pos = image_to_points(images, num_points, torch.Generator().manual_seed(seed))
+    return [Data(pos=p, y=labels[i:i + 1]) for i, p in enumerate(pos)]
 
 
 def _h5_files(base: Path, split: str) -> list[Path]:
@@ -140,8 +146,7 @@ def load_modelnet40(
     if not files:
         raise FileNotFoundError(
             f"no ply_data_{split}*.h5 in {base}. Expected the modelnet40_ply_hdf5_2048 files "
-            f"(ply_data_{split}0.h5, ...); datasets/{MODELNET40_DIR}/README.md says where to "
-            "get them."
+            f"(ply_data_{split}0.h5, ...); {readme_for(MODELNET40_DIR)} says where to get them."
         )
     out = []
     for path in files:

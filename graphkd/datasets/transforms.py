@@ -13,6 +13,7 @@ input is never modified), so it can be a PyG ``transform=``. Random transforms t
 * :class:`Compose` -- apply several in order.
 
 Example:
+    >>> from torch_geometric.data import Data
     >>> t = Compose([NormalizeUnitSphere(), RandomScaleShift(), Jitter(), ShufflePoints()])
     >>> out = t(Data(pos=torch.randn(64, 3), y=torch.tensor([1])))
 """

@@ -15,10 +15,15 @@ Forward: ``model(x, edge_index, batch=None, edge_attr=None)`` or ``model(data)``
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import torch
 from torch import Tensor, nn
 
 from graphkd.models._common import BondEncoder, GlobalPool, check_batch, node_encoder
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 __all__ = ["GIN", "GCN", "MLP", "GINEBlock"]
 
@@ -123,8 +128,8 @@ class GIN(_GraphClassifier):
             GINEBlock(hidden, edge_features=edge_features, last=i == num_layers - 1,
                       dropout=dropout) for i in range(num_layers))
 
-    def forward(self, x: Tensor, edge_index: Tensor | None = None, batch: Tensor | None = None,
-                edge_attr: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor | Data, edge_index: Tensor | None = None,
+                batch: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
         x, edge_index, batch, edge_attr = _unpack(x, edge_index, batch, edge_attr)
         edge_index = _check_edge_index(edge_index, x.shape[0])
         check_batch(batch, x.shape[0])
@@ -171,8 +176,8 @@ class GCN(_GraphClassifier):
         self.convs.extend(_GCNBlock(hidden, last=i == num_layers - 1, dropout=dropout)
                           for i in range(num_layers))
 
-    def forward(self, x: Tensor, edge_index: Tensor | None = None, batch: Tensor | None = None,
-                edge_attr: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor | Data, edge_index: Tensor | None = None,
+                batch: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
         x, edge_index, batch, _ = _unpack(x, edge_index, batch, edge_attr)
         edge_index = _check_edge_index(edge_index, x.shape[0])
         check_batch(batch, x.shape[0])
@@ -202,11 +207,16 @@ class MLP(_GraphClassifier):
             nn.Sequential(nn.Linear(hidden, hidden), nn.BatchNorm1d(hidden), nn.ReLU(),
                           nn.Dropout(dropout)) for _ in range(num_layers))
 
-    def forward(self, x: Tensor, batch: Tensor | None = None) -> Tensor:
+    def forward(self, x: Tensor | Data, edge_index_or_batch: Tensor | None = None,
+                batch: Tensor | None = None, edge_attr: Tensor | None = None) -> Tensor:
+        """``model(x, batch)``, ``model(x, edge_index, batch[, edge_attr])`` (edges ignored) or
+        ``model(data)``; a 2-row integer second argument is read as ``edge_index``."""
         if not isinstance(x, Tensor):
             data = x
             x = data.x if getattr(data, "x", None) is not None else data.pos
             batch = getattr(data, "batch", None)
+        elif edge_index_or_batch is not None and edge_index_or_batch.dim() == 1:
+            batch = edge_index_or_batch
         check_batch(batch, x.shape[0])
         if self.in_channels is not None and (x.dim() != 2 or x.shape[1] != self.in_channels):
             raise ValueError(f"`x` must be [N, {self.in_channels}], got {tuple(x.shape)}.")

@@ -11,10 +11,14 @@ point order) and a classifier MLP. Submodules for hooks:
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 from torch import Tensor, nn
 
 from graphkd.models._common import GlobalPool, check_batch, check_points, mlp_head
+
+if TYPE_CHECKING:
+    from torch_geometric.data import Data
 
 __all__ = ["PointNet"]
 
@@ -34,7 +38,8 @@ class PointNet(nn.Module):
     returns logits ``[B, num_classes]``.
 
     Example:
-        >>> PointNet(2, 10, widths=(16, 32), head=(16,))(torch.randn(20, 2)).shape
+        >>> import torch
+        >>> PointNet(2, 10, widths=(16, 32), head=(16,)).eval()(torch.randn(20, 2)).shape
         torch.Size([1, 10])
     """
 
@@ -55,7 +60,7 @@ class PointNet(nn.Module):
         self.head = mlp_head(widths[-1] * self.pool.multiplier, head, num_classes,
                              dropout=dropout)
 
-    def forward(self, pos: Tensor, batch: Tensor | None = None) -> Tensor:
+    def forward(self, pos: Tensor | Data, batch: Tensor | None = None) -> Tensor:
         if not isinstance(pos, Tensor) and hasattr(pos, "pos"):
             pos, batch = pos.pos, getattr(pos, "batch", None)
         check_points(pos, self.in_channels)

@@ -323,3 +323,18 @@ def test_union_takes_batch_from_second_graph():
     u = EdgeSet.union(a, b)
     assert torch.equal(u.batch, batch)
     assert u.num_graphs == 2
+
+
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("loop", [False, True])
+def test_knn_equal_size_batched_path_matches_brute_force(metric, loop):
+    """Equal-size graphs take the batched-GEMM path; it must equal per-graph brute force."""
+    gen = torch.Generator().manual_seed(3)
+    x = torch.randn(6 * 20, 3, generator=gen, dtype=torch.float64)
+    batch = torch.arange(6).repeat_interleave(20)
+    e = EdgeSet.knn(x, 4, batch=batch, metric=metric, loop=loop)
+    for g in range(6):
+        ref, _ = brute_knn(x[g * 20:(g + 1) * 20], 4, metric, loop)
+        got = e.col.view(-1, 4)[g * 20:(g + 1) * 20] - g * 20
+        assert torch.equal(got, ref)
+    assert e.num_graphs == 6 and torch.equal(e.batch, batch)
