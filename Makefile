@@ -5,7 +5,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 export PIP_DISABLE_PIP_VERSION_CHECK := 1
 
-.PHONY: venv demo test bench lint clean
+.PHONY: venv demo test bench bench-quality bench-recbole lint clean
 
 venv: $(STAMP)
 
@@ -15,14 +15,26 @@ $(STAMP): pyproject.toml constraints.txt constraints-dgl.txt
 	$(PY) -m pip install -q -c constraints-dgl.txt dgl packaging "setuptools<71"
 	touch $(STAMP)
 
+# The main job: DGCNN teacher -> students on the digits point clouds (graph methods), then
+# BPR teacher -> small BPR student on RecBole's shipped ml-100k (ranking distillation).
 demo: venv
-	$(PY) -m benchmarks.core --quick
+	$(PY) -m graphkd.cli quickstart
+	$(PY) -m recsys.cli quickstart
 
+# DGL is part of the CI environment: its tests fail (instead of skipping) if it is missing.
 test: venv
-	$(PY) -m pytest -q
+	GRAPHKD_REQUIRE_DGL=1 DGLBACKEND=pytorch $(PY) -m pytest -q
 
 bench: venv
 	$(PY) -m benchmarks.core
+	$(PY) -m benchmarks.recsys_core
+
+bench-quality: venv
+	$(PY) -m benchmarks.pointcloud
+	$(PY) -m benchmarks.molecules
+
+bench-recbole: venv
+	$(PY) -m benchmarks.recbole_ml100k
 
 lint: venv
 	$(PY) -m ruff check .

@@ -158,11 +158,11 @@ def info_nce(
     if z_s.shape != z_t.shape:
         raise ValueError(f"z_s {tuple(z_s.shape)} and z_t {tuple(z_t.shape)} must match.")
     if negatives is None:
-        logits = z_s @ z_t.T / tau
+        logits = (z_s * (1.0 / tau)) @ z_t.T  # scale the [N, D] anchors, not the [N, N] logits
         target = torch.arange(z_s.shape[0], device=z_s.device)
         per_row = F.cross_entropy(logits, target, reduction="none")
         return reduce(per_row, reduction)
     pos = (z_s * z_t).sum(-1) / tau
-    neg = edge_kernel(z_s, negatives, "dot", x_cols=z_t) / tau
+    neg = edge_kernel(z_s * (1.0 / tau), negatives, "dot", x_cols=z_t, check=False)
     lse = torch.logaddexp(row_logsumexp(neg, negatives), pos)
     return reduce(lse - pos, reduction, group=negatives.batch, num_groups=negatives.num_graphs)

@@ -56,6 +56,8 @@ class EdgeSet:
             included; ``None`` for any other graph.
         batch: optional ``[R]`` graph id of each row (for per-graph reductions).
         num_graphs: number of graphs when ``batch`` is given (else 1).
+        max_degree: the largest row degree, recorded by the builders so that padding an
+            irregular graph needs no device-to-host read (``None``: computed on demand).
 
     Example:
         >>> e = EdgeSet.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 0]]), num_nodes=3)
@@ -72,6 +74,7 @@ class EdgeSet:
     dense_loop: bool | None = None
     batch: Tensor | None = None
     num_graphs: int = 1
+    max_degree: int | None = None
 
     # ------------------------------------------------------------------ properties
     # ``_row``/``_col`` set to None mean "the all-pairs edge list of a dense graph" (with the
@@ -138,13 +141,14 @@ class EdgeSet:
             self.dense_loop,
             None if self.batch is None else self.batch.to(device),
             self.num_graphs,
+            self.max_degree,
         )
 
     def with_batch(self, batch: Tensor | None, num_graphs: int | None = None) -> EdgeSet:
         """Return a copy whose rows carry the graph ids ``batch`` (``[R]``)."""
         if batch is None:
             return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
-                           self.degree, self.dense_loop)
+                           self.degree, self.dense_loop, max_degree=self.max_degree)
         if batch.shape != (self.num_rows,):
             raise ValueError(
                 f"`batch` must have shape ({self.num_rows},) (one graph id per row), "
@@ -153,7 +157,7 @@ class EdgeSet:
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
-                       self.degree, self.dense_loop, batch, num_graphs)
+                       self.degree, self.dense_loop, batch, num_graphs, self.max_degree)
 
     def __repr__(self) -> str:
         layout = (
@@ -184,7 +188,9 @@ class EdgeSet:
         """
         if self.degree is not None:
             return self.regular_view(values)
-        k_max = int(self.counts.max()) if self.num_rows else 0
+        k_max = self.max_degree
+        if k_max is None:
+            k_max = int(self.counts.max()) if self.num_rows else 0
         padded = values.new_full((self.num_rows, k_max), fill)
         return padded.index_put((self.row, self.edge_position()), values)
 
@@ -197,10 +203,11 @@ class EdgeSet:
         counts = torch.bincount(row, minlength=num_rows)
         ptr = torch.zeros(num_rows + 1, dtype=torch.long, device=row.device)
         torch.cumsum(counts, 0, out=ptr[1:])
+        hi = degree
         if degree is None and num_rows > 0:
             lo, hi = int(counts.min()), int(counts.max())
             degree = lo if lo == hi else None
-        return EdgeSet(ptr, row, col, num_rows, num_cols, degree)
+        return EdgeSet(ptr, row, col, num_rows, num_cols, degree, max_degree=hi)
 
     @classmethod
     def from_rows(
@@ -240,7 +247,7 @@ class EdgeSet:
         k = c if loop else c - 1
         ptr = torch.arange(0, n * k + 1, k, device=device)
         # row/col are built lazily (see the properties): the dense paths never read them.
-        return cls(ptr, None, None, n, c, degree=k, dense_loop=loop)
+        return cls(ptr, None, None, n, c, degree=k, dense_loop=loop, max_degree=k)
 
     @classmethod
     def from_topk(cls, indices: Tensor, num_cols: int) -> EdgeSet:
@@ -255,7 +262,7 @@ class EdgeSet:
         row = torch.arange(r, device=indices.device).repeat_interleave(k)
         ptr = torch.arange(0, r * k + 1, k, device=indices.device) if k else torch.zeros(
             r + 1, dtype=torch.long, device=indices.device)
-        return cls(ptr, row, indices.reshape(-1).long(), r, num_cols, degree=k)
+        return cls(ptr, row, indices.reshape(-1).long(), r, num_cols, degree=k, max_degree=k)
 
     @classmethod
     def from_edge_index(
@@ -410,6 +417,7 @@ class EdgeSet:
                         idx = torch.arange(q1 - q0, device=x.device)
                         d[idx, idx + q0] = math.inf
                     nbr = d.topk(k, dim=1, largest=False, sorted=True).indices
+                    del d  # free this block before the next one is allocated
                 cols.append(nbr + s)
         col = torch.cat(cols).reshape(-1) if cols else torch.zeros(0, dtype=torch.long)
         out = cls.from_topk(col.view(n, k), n)
@@ -439,6 +447,7 @@ def _knn_equal_size(xb: Tensor, k: int, metric: str, loop: bool) -> Tensor:
             if not loop:
                 d.diagonal(dim1=1, dim2=2).fill_(math.inf)
             nbr = d.topk(k, dim=2, largest=False, sorted=True).indices
+            del d
             offset = torch.arange(g0, g1, device=xb.device).mul_(p).view(-1, 1, 1)
             out.append((nbr + offset).reshape(-1, k))
     return torch.cat(out)

@@ -159,6 +159,12 @@ def edge_kernel(
             f"features have {x.shape[0]} rows / {xc.shape[0]} columns but the EdgeSet is "
             f"{edges.num_rows} x {edges.num_cols}."
         )
+    if kernel == "cosine" and not edges.is_dense:
+        # Normalise the R + C feature rows once, not the E gathered pairs.
+        eps = params.get("eps", 1e-8)
+        x, xc = _normalize(x, eps), (None if x_cols is None else _normalize(xc, eps))
+        xc = x if xc is None else xc
+        k, params = KERNELS["dot"], {}
     if edges.is_dense:
         m = k.pair(x, xc, **params)
         return (m if edges.dense_loop else offdiagonal(m)).reshape(-1)

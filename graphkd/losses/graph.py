@@ -79,17 +79,18 @@ def _check_kernel_params(kernel: str, params: dict, evaluate: Callable[[], objec
 # that softmax(logit) is the kernel normalised over the neighbourhood. Distances themselves
 # ("l1", "l2", "l2sq") are turned into similarities the same way (logit = -distance).
 _LOG_KERNELS: dict[str, Callable[..., Tensor]] = {
-    "rbf": lambda x, e, gamma=0.5: edge_kernel(x, e, "l2sq") * (-gamma),
-    "gaussian_l1": lambda x, e, scale=100.0: edge_kernel(x, e, "l1") * (-1.0 / scale),
-    "l1": lambda x, e: -edge_kernel(x, e, "l1"),
-    "l2": lambda x, e, eps=1e-12: -edge_kernel(x, e, "l2", eps=eps),
-    "l2sq": lambda x, e: -edge_kernel(x, e, "l2sq"),
+    "rbf": lambda x, e, gamma=0.5, check=True: edge_kernel(x, e, "l2sq", check=check) * (-gamma),
+    "gaussian_l1": lambda x, e, scale=100.0, check=True: (
+        edge_kernel(x, e, "l1", check=check) * (-1.0 / scale)),
+    "l1": lambda x, e, check=True: -edge_kernel(x, e, "l1", check=check),
+    "l2": lambda x, e, eps=1e-12, check=True: -edge_kernel(x, e, "l2", eps=eps, check=check),
+    "l2sq": lambda x, e, check=True: -edge_kernel(x, e, "l2sq", check=check),
 }
 
 
 def lsp_logits(
     x: Tensor, edges: EdgeSet, kernel: str = "rbf", *, kernel_as_logit: bool = False,
-    **kernel_params,
+    check: bool = True, **kernel_params,
 ) -> Tensor:
     r"""Per-edge LSP logits ``[E]`` whose row softmax is the neighbour distribution ``P_v``.
 
@@ -113,8 +114,8 @@ def lsp_logits(
     _check_kernel(kernel)
     log_kernel = None if kernel_as_logit else _LOG_KERNELS.get(kernel)
     if log_kernel is None:
-        return edge_kernel(x, edges, kernel, **kernel_params)
-    return log_kernel(x, edges, **kernel_params)
+        return edge_kernel(x, edges, kernel, check=check, **kernel_params)
+    return log_kernel(x, edges, check=check, **kernel_params)
 
 
 def lsp_loss(
@@ -164,8 +165,10 @@ def lsp_loss(
 
 def _lsp(f_s, f_t, edges, kernel, reduction, tau, kernel_as_logit, kernel_params) -> Tensor:
     """:func:`lsp_loss` without the (already done) input checks."""
-    w_s = lsp_logits(f_s, edges, kernel, kernel_as_logit=kernel_as_logit, **kernel_params)
-    w_t = lsp_logits(f_t, edges, kernel, kernel_as_logit=kernel_as_logit, **kernel_params)
+    w_s = lsp_logits(f_s, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
+                     **kernel_params)
+    w_t = lsp_logits(f_t, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
+                     **kernel_params)
     return row_kl(w_s, w_t, edges, tau=tau, reduction=reduction)
 
 

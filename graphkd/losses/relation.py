@@ -449,12 +449,14 @@ def cc_kernel(f: Tensor, *, gamma: float = 0.4, max_order: int = 2) -> Tensor:
     (:math:`e^{-\gamma\|x_i - x_j\|^2} = e^{-2\gamma} e^{2\gamma x_i^\top x_j}` for unit vectors.)
     """
     sim = pairwise_kernel(f, kernel="dot")
-    k = torch.ones_like(sim)
-    power = torch.ones_like(sim)
-    for p in range(1, max_order + 1):
-        power = power * sim
-        k = k + ((2.0 * gamma) ** p / math.factorial(p)) * power
-    return math.exp(-2.0 * gamma) * k
+    coef = [math.exp(-2.0 * gamma) * (2.0 * gamma) ** p / math.factorial(p)
+            for p in range(max_order + 1)]
+    if max_order == 0:
+        return sim * 0.0 + coef[0]
+    k = sim * coef[-1] + coef[-2]  # Horner: fewest B x B passes
+    for p in range(max_order - 2, -1, -1):
+        k = k * sim + coef[p]
+    return k
 
 
 def cc_loss(

@@ -1,0 +1,363 @@
+r"""Multi-process training with ``torch.distributed``: global-batch relation graphs + DDP.
+
+Batch-level relation methods (SP, RKD, PKT, CC, HKD) and G-CRD compare every sample with every
+other one, so with ``W`` processes each holding a local batch of ``B_r`` samples they must build
+their graphs over the *global* batch of ``B = sum_r B_r`` samples, as one process would. This
+module gathers the features across ranks before those methods run:
+
+* teacher features: ``all_gather`` (no gradient, the teacher is frozen);
+* student features: :func:`gather_with_grad`, whose backward sums the gradient of the gathered
+  tensor over ranks (``all_reduce``) and returns the rows of the local samples.
+
+**Gradient scaling.** Every rank computes the same global loss ``L`` (the same gathered batch).
+The backward of :func:`gather_with_grad` gives rank ``r`` the gradient
+``sum_{r'} dL_{r'}/dx_r = W * dL/dx_r`` for its local features ``x_r``; DDP then *averages*
+the parameter gradients over the ``W`` ranks, so the student receives
+``(1/W) * sum_r W * dL/dx_r * dx_r/dtheta = dL/dtheta``: exactly the single-process gradient on
+the global batch. Per-sample terms (the task loss, KD) keep their local mean, which DDP's
+average turns into the global mean when every rank holds the same number of samples (use
+``DistributedSampler(drop_last=True)`` or equal-size batches for an exact match). The
+tests check both against one process on the concatenated batch (2 gloo processes on CPU).
+
+Typical use (the same script runs under ``torchrun --nproc-per-node N`` or
+:func:`launch`)::
+
+    from graphkd import distributed as gd
+
+    def main():
+        gd.init_distributed()                          # reads torchrun's env vars
+        distiller = Distiller(teacher, student, matches, ..., example=batch)
+        model = gd.wrap(distiller)                     # global-batch methods + DDP
+        opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+        for data in loader:                            # DistributedSampler shards the data
+            _, losses = model(data)
+            opt.zero_grad(); sum(losses.values()).backward(); opt.step()
+
+    gd.launch(main, nproc=2)      # or: torchrun --nproc-per-node 2 script.py
+
+Outside ``torch.distributed`` (not initialised, or one process) every function here is the
+identity, so single-process code needs no branch.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import Tensor, nn
+
+from graphkd.losses.base import DistillLoss
+
+__all__ = [
+    "GLOBAL_METHODS",
+    "is_distributed",
+    "rank",
+    "world_size",
+    "is_main_process",
+    "gather",
+    "gather_with_grad",
+    "GlobalBatch",
+    "make_global",
+    "globalize",
+    "wrap",
+    "init_distributed",
+    "free_port",
+    "launch",
+]
+
+#: Methods whose relation graph spans the batch (gathered over ranks by :func:`globalize`).
+#: Every ``level == "batch"`` method is gathered too; these node-level ones relate all nodes.
+GLOBAL_METHODS = frozenset({"sp", "rkd", "pkt", "cc", "hkd", "gcrd", "gkd", "irg"})
+
+
+# --------------------------------------------------------------------------- process info
+def is_distributed() -> bool:
+    """Whether a process group is initialised with more than one process."""
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def rank() -> int:
+    """This process's rank (0 outside ``torch.distributed``)."""
+    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
+
+
+def world_size() -> int:
+    """Number of processes (1 outside ``torch.distributed``)."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+def is_main_process() -> bool:
+    """Rank 0 (the process that logs, writes checkpoints and reports)."""
+    return rank() == 0
+
+
+# --------------------------------------------------------------------------- gathers
+def _sizes(n: int, device: torch.device, group: Any) -> list[int]:
+    """Row counts of every rank (one small all_gather; ranks may hold different counts)."""
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
+    dist.all_gather(out, mine, group=group)
+    return [int(s) for s in torch.cat(out).tolist()]
+
+
+def _all_gather_rows(x: Tensor, sizes: list[int], group: Any) -> Tensor:
+    """Concatenate every rank's ``x`` along dim 0 (padded to the largest, then trimmed)."""
+    m = max(sizes)
+    if x.shape[0] < m:
+        x = torch.cat([x, x.new_zeros(m - x.shape[0], *x.shape[1:])])
+    parts = [torch.empty_like(x) for _ in sizes]
+    dist.all_gather(parts, x.contiguous(), group=group)
+    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
+
+
+def gather(x: Tensor, *, group: Any = None) -> Tensor:
+    """All ranks' ``x`` ``[B_r, *]`` concatenated in rank order, ``[sum_r B_r, *]``, no gradient.
+
+    The identity (``x`` itself) outside ``torch.distributed`` or with one process.
+    """
+    if not is_distributed():
+        return x
+    x = x.detach()
+    return _all_gather_rows(x, _sizes(x.shape[0], x.device, group), group)
+
+
+class _GatherWithGrad(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: Tensor, group: Any) -> Tensor:
+        sizes = _sizes(x.shape[0], x.device, group)
+        r = dist.get_rank(group)
+        ctx.group, ctx.start, ctx.n = group, sum(sizes[:r]), x.shape[0]
+        return _all_gather_rows(x, sizes, group)
+
+    @staticmethod
+    def backward(ctx, grad: Tensor):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
+        return grad[ctx.start:ctx.start + ctx.n], None
+
+
+def gather_with_grad(x: Tensor, *, group: Any = None) -> Tensor:
+    r"""All ranks' ``x`` ``[B_r, *]`` concatenated in rank order, differentiable w.r.t. the
+    local part.
+
+    Forward: ``all_gather`` (ranks may hold different ``B_r``). Backward: the gradient of the
+    gathered ``[B, *]`` tensor is summed over ranks (``all_reduce``) and the rows of this rank
+    are returned, so that with DDP's gradient averaging the parameters get exactly the
+    single-process gradient of a loss every rank computes on the gathered batch (see the
+    module docstring). Every rank must call backward (as under DDP).
+
+    The identity outside ``torch.distributed`` or with one process.
+
+    Example:
+        >>> z = gather_with_grad(student_embeddings)     # [B_global, D]
+        >>> loss = sp_loss(z, gather(teacher_embeddings))
+    """
+    if not is_distributed():
+        return x
+    return _GatherWithGrad.apply(x, group)
+
+
+# --------------------------------------------------------------------------- losses
+def _gather_pair(f_s: Any, f_t: Any, group: Any) -> tuple[Any, Any]:
+    if isinstance(f_s, (tuple, list)):  # multi-layer methods (IRG): gather every layer
+        return (tuple(gather_with_grad(f, group=group) for f in f_s),
+                tuple(gather(f, group=group) for f in f_t))
+    return gather_with_grad(f_s, group=group), gather(f_t, group=group)
+
+
+class GlobalBatch(DistillLoss):
+    """Wrap a batch-level method so that it runs on the global batch of all ranks.
+
+    ``forward(f_s, f_t)`` gathers the student's features with :func:`gather_with_grad` and the
+    teacher's with :func:`gather`, then calls the wrapped loss. The wrapped module is kept as
+    ``self.loss`` (its heads are in this module's parameters).
+
+    Args:
+        loss: a :class:`~graphkd.losses.base.DistillLoss` instance without graph context
+            (SP, RKD, PKT, CC, HKD, G-CRD, GKD, IRG).
+        group: the process group (default: the world).
+
+    A :class:`~graphkd.distill.Distiller` treats a ``GlobalBatch`` match as ``level="batch"``
+    (node features are mean-pooled per graph first); inside a Distiller prefer
+    :func:`globalize` / :func:`wrap`, which keep each method's own level (G-CRD stays
+    node-level) and its ``state_dict`` keys.
+
+    Raises:
+        ValueError: the method takes graph context (LSP, ...): its graphs live inside each
+            input graph, which no rank splits, so it needs no gathering.
+
+    Example:
+        >>> loss = GlobalBatch(RKD())
+        >>> loss(f_s, f_t)       # on 1 process: exactly RKD()(f_s, f_t)
+    """
+
+    def __init__(self, loss: nn.Module, *, group: Any = None) -> None:
+        super().__init__()
+        _check_globalizable(loss)
+        self.loss = loss
+        self.group = group
+        self.level = getattr(loss, "level", "batch")
+
+    def forward(self, f_s: Any, f_t: Any, **context: Any) -> Tensor:
+        f_s, f_t = _gather_pair(f_s, f_t, self.group)
+        return self.loss(f_s, f_t)
+
+
+def _check_globalizable(loss: nn.Module) -> None:
+    ctx = tuple(getattr(loss, "context", ()))
+    if ctx:
+        raise ValueError(
+            f"{type(loss).__name__} reads graph context {ctx}: its relation graphs live inside "
+            "each input graph, which DDP never splits across ranks, so it needs no global "
+            "batch. Only batch-level methods (SP, RKD, PKT, CC, HKD, G-CRD, GKD, IRG) are "
+            "gathered."
+        )
+
+
+def make_global(loss: nn.Module, *, group: Any = None) -> Any:
+    """Make ``loss`` gather its inputs over ranks in place (a forward pre-hook).
+
+    Unlike :class:`GlobalBatch` the module keeps its identity and ``state_dict`` keys (so
+    checkpoints load in a single process). Returns the hook handle (``.remove()`` undoes it).
+    """
+    _check_globalizable(loss)
+
+    def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+        f_s, f_t = _gather_pair(args[0], args[1], group)
+        return (f_s, f_t, *args[2:]), kwargs
+
+    return loss.register_forward_pre_hook(hook, with_kwargs=True)
+
+
+def _wants_global(loss: nn.Module, methods: Iterable[str] | None) -> bool:
+    name = getattr(type(loss), "name", "") or ""
+    if methods is not None:
+        return name in set(methods)
+    return not getattr(loss, "context", ()) and (
+        getattr(loss, "level", "batch") == "batch" or name in GLOBAL_METHODS)
+
+
+def globalize(distiller: nn.Module, *, methods: Iterable[str] | None = None,
+              group: Any = None) -> list[Any]:
+    """Make a set-up Distiller's relation methods run on the global batch (see module docs).
+
+    Args:
+        distiller: a :class:`~graphkd.distill.Distiller` after :meth:`~Distiller.setup`.
+        methods: registered names to gather (default: every ``level == "batch"`` method and
+            G-CRD / HKD, i.e. those in :data:`GLOBAL_METHODS` or at batch level, that take no
+            graph context).
+        group: the process group.
+
+    Returns:
+        the hook handles (remove them to go back to local batches).
+    """
+    if not getattr(distiller, "is_setup", False):
+        raise RuntimeError("globalize() needs a set-up Distiller: pass example= to Distiller "
+                           "(or call distiller.setup(batch)) first, so that its heads exist.")
+    return [make_global(m, group=group) for m in distiller.match_losses
+            if _wants_global(m, methods)]
+
+
+def wrap(distiller: nn.Module, *, methods: Iterable[str] | None = None, group: Any = None,
+         **ddp_kwargs: Any) -> nn.Module:
+    """Globalize a set-up Distiller's relation methods and wrap it in DDP.
+
+    DDP wraps the whole Distiller, so the student *and* the methods' trainable heads are
+    synchronised; the frozen teacher is outside ``parameters()`` and is simply replicated
+    (each rank builds or loads the same teacher). Outside ``torch.distributed`` returns the
+    Distiller unchanged. ``ddp_kwargs`` go to ``DistributedDataParallel`` (``device_ids`` is set
+    to the student's CUDA device when it has one); pass ``find_unused_parameters=True`` when some
+    trainable parameter gets no gradient in a step (e.g. a two-stage method's stage-1 heads).
+    The student's BatchNorm layers use per-rank statistics unless converted with
+    ``nn.SyncBatchNorm.convert_sync_batchnorm(student)`` first.
+    """
+    if not is_distributed():
+        return distiller
+    globalize(distiller, methods=methods, group=group)
+    first = next(distiller.parameters(), None)
+    if first is not None and first.device.type == "cuda" and "device_ids" not in ddp_kwargs:
+        ddp_kwargs["device_ids"] = [first.device]
+    return nn.parallel.DistributedDataParallel(distiller, process_group=group, **ddp_kwargs)
+
+
+# --------------------------------------------------------------------------- processes
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that is free on ``host`` now (for ``MASTER_PORT``)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((host, 0))
+        return int(s.getsockname()[1])
+
+
+def init_distributed(backend: str | None = None) -> bool:
+    """Initialise the default process group from torchrun's environment variables.
+
+    Reads ``RANK``, ``WORLD_SIZE``, ``MASTER_ADDR``, ``MASTER_PORT`` (and ``LOCAL_RANK``, which
+    selects the CUDA device). ``backend`` defaults to ``"nccl"`` with CUDA, else ``"gloo"``.
+    Returns ``False`` (and does nothing) when ``WORLD_SIZE`` is unset or 1, or when a group is
+    already initialised.
+    """
+    if dist.is_initialized():
+        return False
+    if int(os.environ.get("WORLD_SIZE", "1")) <= 1:
+        return False
+    for key in ("RANK", "MASTER_ADDR", "MASTER_PORT"):
+        if key not in os.environ:
+            raise RuntimeError(f"WORLD_SIZE is set but {key} is not; start the processes with "
+                               "torchrun or graphkd.distributed.launch().")
+    if backend is None:
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if backend == "nccl":
+        torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
+    dist.init_process_group(backend)
+    return True
+
+
+def _worker(local_rank: int, fn: Callable[..., Any], nproc: int, port: int,
+            backend: str | None, args: tuple) -> None:
+    os.environ.update(RANK=str(local_rank), LOCAL_RANK=str(local_rank),
+                      WORLD_SIZE=str(nproc), LOCAL_WORLD_SIZE=str(nproc),
+                      MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    init_distributed(backend)
+    try:
+        fn(*args)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def launch(fn: Callable[..., Any], nproc: int, *args: Any, backend: str | None = None) -> None:
+    """Run ``fn(*args)`` in ``nproc`` processes with an initialised process group.
+
+    * ``nproc == 1``: calls ``fn(*args)`` here, without ``torch.distributed``.
+    * Already under torchrun (``WORLD_SIZE`` set): initialises from its environment and calls
+      ``fn`` once in this process (torchrun started the others); ``nproc`` must match.
+    * Otherwise: spawns ``nproc`` processes (``torch.multiprocessing.spawn``) on one machine,
+      rendezvous on a free port of 127.0.0.1; an exception in any of them is re-raised here.
+
+    ``fn`` and ``args`` must be picklable (a module-level function). ``backend`` defaults to
+    NCCL with CUDA (one GPU per rank, ``LOCAL_RANK``) and gloo on CPU.
+    """
+    if nproc < 1:
+        raise ValueError(f"`nproc` must be >= 1, got {nproc}.")
+    env_world = int(os.environ.get("WORLD_SIZE", "0") or 0)
+    if env_world > 1:
+        if env_world != nproc:
+            raise ValueError(f"running under torchrun with WORLD_SIZE={env_world} but "
+                             f"nproc={nproc}; drop --nproc or make them agree.")
+        started = init_distributed(backend)
+        try:
+            fn(*args)
+        finally:
+            if started:
+                dist.destroy_process_group()
+        return
+    if nproc == 1:
+        fn(*args)
+        return
+    import torch.multiprocessing as mp
+
+    mp.spawn(_worker, args=(fn, nproc, free_port(), backend, args), nprocs=nproc, join=True)
