@@ -12,14 +12,22 @@ Peak memory:
   it (so the inputs do not count).
 * CPU: the growth of the process's peak resident set size (``VmHWM`` in ``/proc/self/status``)
   during one call, after resetting the peak with ``echo 5 > /proc/self/clear_refs``, minus the
-  resident size before the call. The worker process is started with
-  ``MALLOC_MMAP_THRESHOLD_=65536`` so that glibc serves every large tensor by ``mmap`` and returns
-  it to the OS on free (otherwise freed buffers stay in the heap and a later case reuses them
-  without growing the RSS, which would under-report its peak). Where ``clear_refs`` is not
+  resident size before the call, after ``malloc_trim(0)`` has given the heap's free pages back
+  to the OS. Before measuring, glibc's mmap threshold is fixed at 64 KiB
+  (``mallopt``) and its heap trimmed, so that every large tensor is served by ``mmap`` and
+  returned to the OS on free (otherwise freed buffers stay in the heap and a later call reuses
+  them without growing the RSS, which would under-report its peak). Timing runs before that,
+  in the worker's caching mode (below). Where ``clear_refs`` is not
   writable, a sampling thread polls ``VmRSS`` every 0.2 ms (may miss very short peaks).
 
-Times are wall-clock seconds per call (after warm-up, device synchronised), mean ± std over
-``repeats`` calls. On a shared, noisy machine only ratios measured in the same run mean much.
+Times are seconds per call (after warm-up, device synchronised), mean ± std over ``repeats``
+calls, both wall-clock (``time_*``) and process CPU time (``cpu_*``, ``time.process_time``). On a
+shared, oversubscribed CPU, wall-clock time mostly measures the other processes; with one torch
+thread the process CPU time is the work done by the call, much less sensitive to that load. On
+CPU the worker first configures glibc as a caching allocator (mmap threshold 32 MiB, no heap
+trimming; the role PyTorch's caching allocator plays on CUDA), so that steady-state calls do not
+pay erratic page-fault system time for buffers the previous call freed. Only ratios measured in
+the same run mean much.
 
 Usage from a benchmark script::
 
@@ -55,6 +63,7 @@ __all__ = [
     "peak_memory",
     "measure",
     "measure_isolated",
+    "measure_many_isolated",
     "machine_info",
     "machine_markdown",
     "markdown_table",
@@ -88,7 +97,7 @@ def time_calls(
     Stops early (after at least 2 timed calls) once ``max_seconds`` have been spent timing.
 
     Returns:
-        ``{"time_mean", "time_std", "time_min", "repeats", "times"}`` in seconds.
+        ``{"time_mean", "time_std", "time_min", "repeats", "times"}`` in seconds (wall clock).
     """
     for _ in range(warmup):
         fn()
@@ -176,6 +185,7 @@ def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") ->
         peak = torch.cuda.max_memory_allocated(dev) - base
         del out
         return {"peak_bytes": int(peak), "memory_method": "cuda.max_memory_allocated"}
+    _malloc_trim()
     base = _proc_status_kb("VmRSS")
     if _reset_hwm():
         out = fn()
@@ -190,32 +200,139 @@ def peak_memory(fn: Callable[[], Any], *, device: str | torch.device = "cpu") ->
     return {"peak_bytes": max(0, peak_kb - base) * 1024, "memory_method": method}
 
 
+def _malloc_trim() -> None:
+    """Give the heap's free pages back to the OS (glibc ``malloc_trim(0)``), so that a call
+    reusing a freed heap chunk faults its pages in again and shows in the RSS."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6").malloc_trim(0)
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc
+        pass
+
+
+def _malloc_caching_mode() -> bool:
+    """Make glibc keep freed memory for reuse (mmap threshold 32 MiB, the maximum, and no heap
+    trimming), like PyTorch's CUDA caching allocator: steady-state calls then do not pay page
+    faults for buffers that the previous call freed, which otherwise add a large and erratic
+    system time that depends on the allocator's state, not on the method. Buffers over 32 MiB
+    are still mapped per call. Used for timing on CPU; returns False where not glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-3, 32 << 20)  # M_MMAP_THRESHOLD
+        libc.mallopt(-1, 2**31 - 1)  # M_TRIM_THRESHOLD
+        return True
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc
+        return False
+
+
+def _malloc_release_mode() -> bool:
+    """Make glibc serve allocations >= 64 KiB by ``mmap`` from now on and trim its heap.
+
+    With glibc's default dynamic mmap threshold, a freed tensor buffer stays in the heap and a
+    later allocation reuses it without growing the RSS, so the peak RSS under-reports. Fixing
+    the threshold returns every large buffer to the OS on free. Called after timing (which runs
+    in :func:`_malloc_caching_mode`). Returns False where not glibc.
+    """
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt(-1, 128 << 10)  # M_TRIM_THRESHOLD back to glibc's default
+        libc.mallopt(-3, 65536)  # M_MMAP_THRESHOLD
+        libc.malloc_trim(0)
+        return True
+    except (OSError, AttributeError):  # pragma: no cover - non-glibc
+        return False
+
+
 def measure(
     fns: dict[str, Callable[[], Any]], *, device: str | torch.device = "cpu", repeats: int = 5,
     warmup: int = 1, max_seconds: float = 20.0, memory: bool = True,
 ) -> dict[str, dict[str, Any]]:
     """Time and measure the peak memory of each ``fn`` (in this process).
 
-    Each fn is warmed up, measured for peak memory once, then timed. An exception (e.g. out of
-    memory) is recorded as ``{"error": "..."}`` for that fn only.
+    Every fn is warmed up, then all fns are timed round-robin (one call of each per round,
+    ``repeats`` rounds, stopping early after 2 rounds once ``max_seconds`` are spent), so that
+    load from other processes hits them alike; then each fn's peak memory is measured once. An
+    exception (e.g. out of memory) is recorded as ``{"error": "..."}`` for that fn only. A
+    scalar tensor returned by a fn is recorded as ``"value"`` (to check that implementations
+    agree). Entries of ``fns`` that are not callable (e.g. ``"_meta": {...}``) are copied into
+    the results as they are.
     """
-    results: dict[str, dict[str, Any]] = {}
+    meta = {k: v for k, v in fns.items() if not callable(v)}
+    fns = {k: v for k, v in fns.items() if callable(v)}
+    results: dict[str, dict[str, Any]] = {name: {} for name in fns}
+    results.update(meta)
+    live: dict[str, Callable[[], Any]] = {}
+
+    def fail(name: str, exc: Exception) -> None:
+        msg = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else ""
+        results[name] = {"error": f"{type(exc).__name__}: {msg}"}
+        live.pop(name, None)
+        if torch.device(device).type == "cuda":
+            torch.cuda.empty_cache()
+
     for name, fn in fns.items():
         try:
-            for _ in range(max(warmup, 1)):
-                fn()
+            for i in range(max(warmup, 1)):
+                out = fn()
+                if i == 0 and isinstance(out, torch.Tensor) and out.numel() == 1:
+                    results[name]["value"] = float(out.detach())
+                del out
             sync(device)
-            res: dict[str, Any] = {}
-            if memory:
-                res.update(peak_memory(fn, device=device))
-            res.update(time_calls(fn, device=device, repeats=repeats, warmup=0,
-                                  max_seconds=max_seconds))
+            live[name] = fn
         except Exception as exc:  # noqa: BLE001 - recorded, the benchmark goes on
-            res = {"error": f"{type(exc).__name__}: {str(exc).splitlines()[0][:200]}"}
-            if torch.device(device).type == "cuda":
-                torch.cuda.empty_cache()
-        results[name] = res
+            fail(name, exc)
         gc.collect()
+    times: dict[str, list[float]] = {name: [] for name in live}
+    cpu_times: dict[str, list[float]] = {name: [] for name in live}
+    spent = 0.0
+    for r in range(repeats):
+        for name, fn in list(live.items()):
+            try:
+                sync(device)
+                c0, t0 = time.process_time(), time.perf_counter()
+                fn()
+                sync(device)
+                dt = time.perf_counter() - t0
+                dc = time.process_time() - c0
+            except Exception as exc:  # noqa: BLE001
+                fail(name, exc)
+                continue
+            times[name].append(dt)
+            cpu_times[name].append(dc)
+            spent += dt
+        if spent > max_seconds and r >= 1:
+            break
+    timed = {name: times[name] for name in live}
+    if memory:
+        if torch.device(device).type == "cpu":
+            _malloc_release_mode()
+        for name, fn in list(live.items()):
+            try:
+                results[name].update(peak_memory(fn, device=device))
+            except Exception as exc:  # noqa: BLE001
+                fail(name, exc)
+    for name, t in timed.items():
+        if name not in live or not t:
+            continue
+        results[name].update({
+            "time_mean": statistics.fmean(t),
+            "time_std": statistics.stdev(t) if len(t) > 1 else 0.0,
+            "time_median": statistics.median(t),
+            "time_min": min(t),
+            "repeats": len(t),
+        })
+        c = cpu_times[name]
+        results[name].update({
+            "cpu_mean": statistics.fmean(c),
+            "cpu_std": statistics.stdev(c) if len(c) > 1 else 0.0,
+            "cpu_median": statistics.median(c),
+            "cpu_min": min(c),
+        })
     return results
 
 
@@ -240,8 +357,28 @@ def measure_isolated(
     """
     spec = {"target": target, "kwargs": kwargs, "device": device, "repeats": repeats,
             "warmup": warmup, "max_seconds": max_seconds, "threads": threads}
+    found, error = _run_worker(spec, timeout)
+    return found[0] if found else {"_worker": {"error": error}}
+
+
+def measure_many_isolated(
+    target: str, kwargs_list: Sequence[dict[str, Any]], *, device: str = "cpu",
+    repeats: int = 5, warmup: int = 1, max_seconds: float = 20.0, timeout: float = 600.0,
+    threads: int | None = None,
+) -> list[dict[str, dict[str, Any]]]:
+    """Like :func:`measure_isolated` for several cases, all in *one* fresh process (faster:
+    one interpreter start). All cases are timed first, then the peak memory of each is
+    measured (inputs are built again for that pass)."""
+    spec = {"target": target, "kwargs_list": list(kwargs_list), "device": device,
+            "repeats": repeats, "warmup": warmup, "max_seconds": max_seconds, "threads": threads}
+    found, error = _run_worker(spec, timeout)
+    missing = {"_worker": {"error": error or "worker stopped before this case"}}
+    return found + [missing] * (len(kwargs_list) - len(found))
+
+
+def _run_worker(spec: dict[str, Any], timeout: float) -> tuple[list[dict], str | None]:
+    """Run the worker; returns the reported results and an error message (or None)."""
     env = dict(os.environ)
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", "65536")
     root = Path(__file__).resolve().parent.parent
     env["PYTHONPATH"] = str(root) + os.pathsep + env.get("PYTHONPATH", "")
     try:
@@ -249,22 +386,46 @@ def measure_isolated(
             [sys.executable, "-m", "benchmarks._util", json.dumps(spec)],
             capture_output=True, text=True, timeout=timeout, env=env, cwd=root,
         )
-    except subprocess.TimeoutExpired:
-        return {"_worker": {"error": f"timeout after {timeout:.0f} s"}}
-    for line in proc.stdout.splitlines():
-        if line.startswith(_MARK):
-            return json.loads(line[len(_MARK):])
+    except subprocess.TimeoutExpired as exc:
+        out = exc.stdout.decode() if isinstance(exc.stdout, bytes) else (exc.stdout or "")
+        found = [json.loads(line[len(_MARK):]) for line in out.splitlines()
+                 if line.startswith(_MARK)]
+        return found, f"timeout after {timeout:.0f} s"
+    found = [json.loads(line[len(_MARK):]) for line in proc.stdout.splitlines()
+             if line.startswith(_MARK)]
+    if proc.returncode == 0:
+        return found, None
     tail = (proc.stderr or proc.stdout).strip().splitlines()[-3:]
-    return {"_worker": {"error": f"worker exited with {proc.returncode}: {' | '.join(tail)}"}}
+    return found, f"worker exited with {proc.returncode}: {' | '.join(tail)}"
 
 
 def _worker(spec: dict[str, Any]) -> None:
     if spec.get("threads"):
         torch.set_num_threads(int(spec["threads"]))
-    fns = _resolve(spec["target"])(device=spec["device"], **spec["kwargs"])
-    res = measure(fns, device=spec["device"], repeats=spec["repeats"], warmup=spec["warmup"],
-                  max_seconds=spec["max_seconds"])
-    print(_MARK + json.dumps(res), flush=True)
+    if torch.device(spec["device"]).type == "cpu":
+        _malloc_caching_mode()
+    build = _resolve(spec["target"])
+    if "kwargs" in spec:
+        res = measure(build(device=spec["device"], **spec["kwargs"]), device=spec["device"],
+                      repeats=spec["repeats"], warmup=spec["warmup"],
+                      max_seconds=spec["max_seconds"])
+        print(_MARK + json.dumps(res), flush=True)
+        return
+    # several cases: time them all first (default allocator), then measure memory
+    timed = []
+    for kwargs in spec["kwargs_list"]:
+        timed.append(measure(build(device=spec["device"], **kwargs), device=spec["device"],
+                             repeats=spec["repeats"], warmup=spec["warmup"],
+                             max_seconds=spec["max_seconds"], memory=False))
+        gc.collect()
+    for kwargs, res in zip(spec["kwargs_list"], timed):
+        mem = measure(build(device=spec["device"], **kwargs), device=spec["device"],
+                      repeats=0, warmup=1)
+        for name, r in mem.items():
+            if isinstance(r, dict) and isinstance(res.get(name), dict) and "error" not in res[name]:
+                res[name].update({k: v for k, v in r.items() if k != "value"})
+        gc.collect()
+        print(_MARK + json.dumps(res), flush=True)
 
 
 # ----------------------------------------------------------------------------- machine

@@ -67,6 +67,17 @@ def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | N
     def save(partial: dict) -> None:  # keep partial results if a long run is interrupted
         out.mkdir(parents=True, exist_ok=True)
         write_report(partial, out, plot=False)
+        if not args.quiet:
+            t = partial.get("teacher")
+            if t and len(partial["runs"]) == 1:
+                print(f"  {'teacher':>8s} {'(cached)' if t['cached'] else 'trained'}: test "
+                      f"{partial['metric']} {t['test_at_best']:.4f}, "
+                      f"{t['epoch_time_median']:.2f} s/epoch", flush=True)
+            r = partial["runs"][-1]
+            print(f"  {r['method']:>8s} seed {r['seed']}: test {partial['metric']} "
+                  f"{r['test']:.4f} (best validation epoch {r['best_epoch'] + 1}), "
+                  f"{r['epoch_time']:.2f} s/epoch  [{time.perf_counter() - t0:.0f} s]",
+                  flush=True)
 
     results = run_experiment(cfg, methods, seeds, progress=not args.quiet, on_record=save,
                              force_teacher=getattr(args, "force_teacher", False))

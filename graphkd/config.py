@@ -188,15 +188,16 @@ class MatchConfig:
     """One distilled layer pair.
 
     Attributes:
-        teacher: dotted module path in the teacher (``convs.2``).
-        student: dotted module path in the student (``convs.1``).
+        teacher: dotted module path in the teacher (``convs.2``), or a list of paths for
+            multi-layer methods (IRG: ``[pool, head]``; MHGD: consecutive layers).
+        student: the matching student path(s), as many as ``teacher``.
         method: registered loss name (``lsp``, ``gcrd``, ...; see ``graphkd.losses.loss_names``).
         weight: multiplier of this loss in the total (>= 0).
         kwargs: hyperparameters of the loss's constructor.
     """
 
-    teacher: str = ""
-    student: str = ""
+    teacher: str | list[str] = ""
+    student: str | list[str] = ""
     method: str = ""
     weight: float = 1.0
     kwargs: dict[str, Any] = field(default_factory=dict)
@@ -205,6 +206,10 @@ class MatchConfig:
         for key in ("teacher", "student", "method"):
             if not getattr(self, key):
                 raise ConfigError(f"{path}.{key}: required.")
+        if isinstance(self.teacher, list) != isinstance(self.student, list) or (
+                isinstance(self.teacher, list) and len(self.teacher) != len(self.student)):
+            raise ConfigError(f"{path}: teacher {self.teacher!r} and student {self.student!r} "
+                              "must both be one path or lists of the same length.")
         _non_negative(self.weight, f"{path}.weight")
 
 

@@ -196,7 +196,8 @@ def graph_context(data: Any) -> dict[str, Any]:
     ``pos``.
 
     Returns a dict with the keys present (``num_nodes`` and ``num_graphs`` too when there is a
-    graph); ``{}`` for tensors and tuples, except a DGL ``(graph, labels)`` pair. A single ``Data`` gets ``batch = zeros(num_nodes)``.
+    graph); ``{}`` for tensors and tuples, except a DGL ``(graph, labels)`` pair. A single
+    ``Data`` gets ``batch = zeros(num_nodes)``.
     A DGL graph (duck-typed: ``edges`` and ``batch_num_nodes`` methods) goes to
     :func:`dgl_context`.
     """

@@ -62,6 +62,7 @@ __all__ = [
     "train_teacher",
     "run_method",
     "run_experiment",
+    "step_times",
     "summarize",
 ]
 
@@ -356,6 +357,13 @@ def teacher_path(cfg: ExperimentConfig) -> Path:
     return run_dir(cfg) / f"teacher-{key}.pt"
 
 
+def _apply_threads(cfg: ExperimentConfig) -> None:
+    """``torch.set_num_threads(cfg.threads)`` when set (1 is fastest on a shared machine:
+    OpenMP threads spin-wait for busy cores)."""
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+
+
 def _seed_all(seed: int) -> None:
     import random
 
@@ -374,6 +382,7 @@ def train_teacher(
     plain numbers only, loadable with ``weights_only=True``) is written to
     :func:`teacher_path`.
     """
+    _apply_threads(cfg)
     data = load_data(cfg.data) if data is None else data
     device = resolve_device(cfg.device)
     metric = _metric_for(cfg)
@@ -419,8 +428,11 @@ def _build_distiller(teacher: nn.Module, student: nn.Module, method: MethodConfi
     (so that trainable heads exist before the optimizer is built)."""
     from graphkd.distill import Distiller, Match
 
-    matches = [Match(teacher=m.teacher, student=m.student, method=m.method, weight=m.weight,
-                     params=dict(m.kwargs)) for m in method.matches]
+    def paths(p: str | list[str]) -> str | tuple[str, ...]:
+        return p if isinstance(p, str) else tuple(p)
+
+    matches = [Match(teacher=paths(m.teacher), student=paths(m.student), method=m.method,
+                     weight=m.weight, params=dict(m.kwargs)) for m in method.matches]
     task_weight = (1.0 - method.logits_weight if method.task_weight is None
                    else method.task_weight)
     logits = None
@@ -450,6 +462,41 @@ def _pretrain(distiller: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
     return time.perf_counter() - t0
 
 
+def _make_student(
+    cfg: ExperimentConfig, method_name: str, seed: int, teacher: nn.Module | None,
+    data: DataBundle, device: torch.device,
+) -> tuple[nn.Module, nn.Module, StepFn, float]:
+    """Seeded student (+ Distiller when the method uses the teacher, stage 1 done).
+
+    Returns ``(student, trained module, step, stage-1 seconds)``; ``step(batch)`` returns the
+    (weighted) loss dict.
+    """
+    if method_name not in cfg.methods:
+        raise ConfigError(f"unknown method {method_name!r}; the config defines "
+                          f"{list(cfg.methods)}.")
+    method = cfg.methods[method_name]
+    metric = _metric_for(cfg)
+    _seed_all(seed)
+    student = build_model(cfg.student.model, data).to(device)
+    if not method.uses_teacher:
+        crit = metric.task_loss()
+
+        def plain_step(batch):
+            return {"task": crit(student(batch), batch.y)}
+
+        return student, student, plain_step, 0.0
+    if teacher is None:
+        raise ValueError(f"method {method_name!r} needs a teacher.")
+    example = next(iter(_loader(data.train, cfg.student.train.batch_size, True, seed)))
+    module = _build_distiller(teacher, student, method, metric, example.to(device)).to(device)
+    pretrain_s = _pretrain(module, data, cfg.student.train, device, seed, method.pretrain_epochs)
+
+    def distill_step(batch):
+        return module(batch)[1]
+
+    return student, module, distill_step, pretrain_s
+
+
 def run_method(
     cfg: ExperimentConfig, method_name: str, seed: int, teacher: nn.Module | None,
     data: DataBundle, *, progress: bool = False,
@@ -460,35 +507,11 @@ def run_method(
     validation epoch), ``epoch_time`` (median seconds), per-epoch ``history`` and the number of
     trainable parameters (student + adapters/heads).
     """
-    if method_name not in cfg.methods:
-        raise ConfigError(f"unknown method {method_name!r}; the config defines "
-                          f"{list(cfg.methods)}.")
-    method = cfg.methods[method_name]
     device = resolve_device(cfg.device)
-    metric = _metric_for(cfg)
-    _seed_all(seed)
-    student = build_model(cfg.student.model, data).to(device)
-    if method.uses_teacher:
-        if teacher is None:
-            raise ValueError(f"method {method_name!r} needs a teacher.")
-        example = next(iter(_loader(data.train, cfg.student.train.batch_size, True, seed)))
-        module = _build_distiller(teacher, student, method, metric,
-                                  example.to(device)).to(device)
-        pretrain_s = _pretrain(module, data, cfg.student.train, device, seed,
-                               method.pretrain_epochs)
-
-        def step(batch):
-            _, losses = module(batch)
-            return losses
-    else:
-        module, pretrain_s = student, 0.0
-        crit = metric.task_loss()
-
-        def step(batch):
-            return {"task": crit(student(batch), batch.y)}
-
-    hist = fit(module, step, student, data, cfg.student.train, metric, device, seed=seed,
-               num_workers=cfg.data.num_workers, progress=progress,
+    student, module, step, pretrain_s = _make_student(cfg, method_name, seed, teacher, data,
+                                                      device)
+    hist = fit(module, step, student, data, cfg.student.train, _metric_for(cfg), device,
+               seed=seed, num_workers=cfg.data.num_workers, progress=progress,
                desc=f"{method_name} seed {seed}")
     return {
         "method": method_name,
@@ -501,6 +524,57 @@ def run_method(
         "pretrain_time": pretrain_s,
         "history": {k: hist[k] for k in ("val", "test", "epoch_time", "losses")},
     }
+
+
+def step_times(
+    cfg: ExperimentConfig, methods: Sequence[str] | None = None, *,
+    data: DataBundle | None = None, rounds: int = 20, warmup: int = 2, seed: int = 0,
+) -> dict[str, Any]:
+    """Interleaved timing of one training step per method (robust on a shared machine).
+
+    Every method gets its seeded student (and Distiller); then, for ``warmup + rounds`` rounds,
+    each method in turn runs one full training step (forward of teacher and student, losses,
+    backward, optimizer step) on the same pre-collated batch. Interleaving puts every method
+    under the same machine load, so the ratios are far less noisy than epoch times measured
+    one method after another. Data loading and evaluation are excluded.
+
+    Returns:
+        ``{"rounds", "batch_size", "times": {method: [seconds per round]},
+        "median": {method: s}}``.
+    """
+    _apply_threads(cfg)
+    methods = list(cfg.methods) if methods is None else list(methods)
+    data = load_data(cfg.data) if data is None else data
+    device = resolve_device(cfg.device)
+    teacher = None
+    if any(cfg.methods[m].uses_teacher for m in methods):
+        teacher, _ = train_teacher(cfg, data)
+    bs = cfg.student.train.batch_size
+    batches = [b.to(device) for _, b in zip(range(rounds + warmup),
+                                            _loader(data.train, bs, True, seed))]
+    runners = {}
+    for m in methods:
+        _, module, step, _ = _make_student(cfg, m, seed, teacher, data, device)
+        opt, _ = _optimizer(module.parameters(), cfg.student.train)
+        module.train()
+        runners[m] = (step, opt)
+    times: dict[str, list[float]] = {m: [] for m in methods}
+    for r in range(warmup + rounds):
+        batch = batches[r % len(batches)]
+        for m, (step, opt) in runners.items():
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            t0 = time.perf_counter()
+            total = sum(step(batch).values())
+            opt.zero_grad(set_to_none=True)
+            total.backward()
+            opt.step()
+            if device.type == "cuda":
+                torch.cuda.synchronize(device)
+            if r >= warmup:
+                times[m].append(time.perf_counter() - t0)
+    return {"rounds": rounds, "batch_size": bs, "times": times,
+            "median": {m: statistics.median(t) for m, t in times.items()}}
 
 
 def run_experiment(
@@ -524,8 +598,7 @@ def run_experiment(
         ``{"name", "metric", "higher_is_better", "config", "data", "teacher", "runs": [...],
         "methods", "seeds"}``; :func:`summarize` turns it into table rows.
     """
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
+    _apply_threads(cfg)
     methods = list(cfg.methods) if methods is None else list(methods)
     for m in methods:
         if m not in cfg.methods:

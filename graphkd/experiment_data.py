@@ -18,6 +18,7 @@ ROC-AUC is computed on the log-odds ``z1 - z0``.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from typing import Any
 
@@ -41,13 +42,21 @@ def _kwargs(cfg: DataConfig, allowed: dict[str, Any]) -> dict[str, Any]:
     return {**allowed, **cfg.kwargs}
 
 
+@functools.lru_cache(maxsize=4)
+def _digits_clouds(num_points: int, seed: int) -> tuple:
+    """Memoised sampling of the digits clouds (a few seconds each time otherwise)."""
+    from graphkd.datasets import load_digits_pointclouds
+
+    return tuple(load_digits_pointclouds(num_points, seed=seed))
+
+
 def load_digits(cfg: DataConfig) -> DataBundle:
     """Digits point clouds (``pos`` ``[P, 2]``), stratified train/val/test split."""
-    from graphkd.datasets import load_digits_pointclouds, stratified_split
+    from graphkd.datasets import stratified_split
 
     kw = _kwargs(cfg, {"num_points": 64, "fractions": (0.7, 0.15, 0.15), "split_seed": 0,
                        "sample_seed": 0, "limit": None})
-    clouds = load_digits_pointclouds(int(kw["num_points"]), seed=int(kw["sample_seed"]))
+    clouds = list(_digits_clouds(int(kw["num_points"]), int(kw["sample_seed"])))
     y = torch.cat([c.y for c in clouds])
     if kw["limit"] is not None and int(kw["limit"]) < len(clouds):
         frac = int(kw["limit"]) / len(clouds)

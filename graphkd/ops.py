@@ -93,7 +93,10 @@ def row_max(values: Tensor, edges: EdgeSet) -> Tensor:
 
 
 def row_logsumexp(values: Tensor, edges: EdgeSet) -> Tensor:
-    r"""Stable :math:`\log \sum_{e \in r} \exp(v_e)` per row (``-inf`` if empty). ``[E,*]->[R,*]``."""
+    r"""Stable :math:`\log \sum_{e \in r} \exp(v_e)` per row (``-inf`` if empty).
+
+    ``[E, *] -> [R, *]``.
+    """
     if edges.degree is not None:
         _check_values(values, edges)
         return edges.regular_view(values).logsumexp(1)

@@ -79,6 +79,12 @@ def kd_comparison(results: dict[str, Any], *, kd: str = "kd",
     hib = results.get("higher_is_better", True)
     s = _scale(results)
     out: list[str] = []
+    t, st = results.get("teacher"), rows.get(student)
+    if t and st and math.isfinite(st["test_mean"]):
+        gap = (t["test_at_best"] - st["test_mean"]) * (1 if hib else -1) * s
+        out.append(f"Teacher vs the student alone: {gap:+.2f}"
+                   + ("" if gap > 0 else " (the teacher is not better here, so there is little "
+                                         "to distil)") + ".")
     for ref_name in (student, kd):
         ref = rows.get(ref_name)
         if ref is None or not math.isfinite(ref["test_mean"]):
@@ -105,6 +111,38 @@ def kd_comparison(results: dict[str, Any], *, kd: str = "kd",
     return out
 
 
+def step_time_section(results: dict[str, Any], *, student: str = "student",
+                      kd: str = "kd") -> list[str]:
+    """Markdown lines for the interleaved step timing of
+    :func:`graphkd.experiment.step_times` (``results["step_times"]``); ``[]`` without it."""
+    st = results.get("step_times")
+    if not st:
+        return []
+    med = st["median"]
+    ref_s, ref_kd = med.get(student), med.get(kd)
+    lines = [
+        f"Training-step time, interleaved: each method runs one step (batch of "
+        f"{st['batch_size']}) in turn, {st['rounds']} rounds on the same pre-collated batches, "
+        "median per method; data loading and evaluation excluded. Interleaving puts all methods "
+        "under the same machine load, so these ratios are the reliable ones.",
+        "",
+        "| method | ms / step | × student | × KD |",
+        "|---|---|---|---|",
+    ]
+    for m, t in med.items():
+        lines.append(f"| {m} | {1000 * t:.1f} | {_ratio(t / ref_s if ref_s else None)} | "
+                     f"{_ratio(t / ref_kd if ref_kd else None)} |")
+    graph = [m for m in med if m in GRAPH_METHODS]
+    if ref_kd and graph:
+        ok = [f"{m} ({med[m] / ref_kd:.2f}×)" for m in graph
+              if med[m] / ref_kd <= KD_OVERHEAD_TARGET]
+        bad = [f"{m} ({med[m] / ref_kd:.2f}×)" for m in graph
+               if med[m] / ref_kd > KD_OVERHEAD_TARGET]
+        lines += ["", f"Step time within {KD_OVERHEAD_TARGET}× plain KD: {', '.join(ok) or 'none'}"
+                      f"; above it: {', '.join(bad) or 'none'}."]
+    return lines + [""]
+
+
 def markdown_report(results: dict[str, Any], *, title: str | None = None,
                     plot_name: str | None = None) -> str:
     """The whole markdown report: setup, table, comparison with KD, optional plot link."""
@@ -123,7 +161,7 @@ def markdown_report(results: dict[str, Any], *, title: str | None = None,
         f"{te.get('train', {}).get('epochs', '?')} epochs. Student: "
         f"`{st.get('model', {}).get('preset', '?')}`, {st.get('train', {}).get('epochs', '?')} "
         f"epochs, batch {st.get('train', {}).get('batch_size', '?')}, seeds "
-        f"{results.get('seeds')}.",
+        f"{results.get('seeds')}; torch threads: {cfg.get('threads') or 'default'}.",
         "",
         f"Test {results.get('metric')} at the epoch with the best validation "
         f"{results.get('metric')}, mean ± std over seeds. `s / epoch`: median training time of "
@@ -138,6 +176,7 @@ def markdown_report(results: dict[str, Any], *, title: str | None = None,
     if comp:
         lines += ["**Comparison** (generated from the numbers above):", ""]
         lines += [f"- {c}" for c in comp] + [""]
+    lines += step_time_section(results)
     if results.get("notes"):
         lines += [f"- {n}" for n in results["notes"]] + [""]
     if plot_name:
@@ -160,9 +199,10 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     names = [r["method"] for r in rows]
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(11, 0.35 * len(rows) + 1.8), sharey=True)
     y = list(range(len(rows)))
-    ax1.barh(y, [r["test_mean"] * s for r in rows], xerr=[r["test_std"] * s for r in rows],
-             color=["tab:gray" if r["method"] in ("student", "kd") else "tab:blue"
-                    for r in rows], capsize=3)
+    colors = ["tab:gray" if r["method"] in ("student", "kd") else "tab:blue" for r in rows]
+    for yi, r, c in zip(y, rows, colors):  # points, not bars: the axis does not start at 0
+        ax1.errorbar(r["test_mean"] * s, yi, xerr=r["test_std"] * s, fmt="o", color=c,
+                     capsize=3)
     refs = {r["method"]: r["test_mean"] * s for r in rows if r["method"] in ("student", "kd")}
     t = results.get("teacher")
     if t:
@@ -181,6 +221,11 @@ def plot_results(results: dict[str, Any], path: str | Path) -> Path:
     ax1.legend(loc="lower right", fontsize=8)
     ax2.barh(y, [r["vs_student"] or 0 for r in rows], color="tab:orange")
     ax2.axvline(1.0, color="k", lw=1)
+    kd_row = next((r for r in rows if r["method"] == "kd"), None)
+    if kd_row is not None and kd_row["vs_student"]:
+        ax2.axvline(KD_OVERHEAD_TARGET * kd_row["vs_student"], color="k", ls="--", lw=1,
+                    label=f"{KD_OVERHEAD_TARGET}× plain KD")
+        ax2.legend(loc="lower right", fontsize=8)
     ax2.set_xlabel("epoch time / student-alone epoch time")
     fig.suptitle(results.get("name", ""))
     fig.tight_layout()

@@ -338,3 +338,81 @@ def test_knn_equal_size_batched_path_matches_brute_force(metric, loop):
         got = e.col.view(-1, 4)[g * 20:(g + 1) * 20] - g * 20
         assert torch.equal(got, ref)
     assert e.num_graphs == 6 and torch.equal(e.batch, batch)
+
+
+# ----------------------------------------------------------------------------- equal-size batches
+@pytest.mark.parametrize("metric", ["l2", "cosine"])
+@pytest.mark.parametrize("loop", [False, True])
+@pytest.mark.parametrize("budget_graphs", [None, 1, 2])
+def test_knn_equal_size_batched_path(device, monkeypatch, metric, loop, budget_graphs):
+    """Equal-size graphs take the batched-GEMM path; it must equal per-graph brute force,
+    also when the chunk budget holds only 1 or 2 graphs at a time."""
+    import graphkd.graphs as graphs_mod
+
+    g, p, k = 5, 12, 4
+    if budget_graphs is not None:
+        monkeypatch.setattr(graphs_mod, "KNN_CHUNK_ELEMENTS", budget_graphs * p * p)
+    gen = torch.Generator().manual_seed(4)
+    x = (torch.randn(g * p, 3, generator=gen, dtype=torch.float64) + 50.0).to(device)
+    batch = torch.arange(g).repeat_interleave(p).to(device)
+    ref = torch.cat([brute_knn(x[i * p:(i + 1) * p], k, metric, loop)[0] + i * p
+                     for i in range(g)])
+    e = EdgeSet.knn(x, k, batch=batch, metric=metric, loop=loop)
+    check_csr(e)
+    assert torch.equal(e.col.view(-1, k), ref)
+    assert e.degree == k and e.num_graphs == g and torch.equal(e.batch, batch)
+    # the chunked per-graph path gives the same graph
+    e2 = EdgeSet.knn(x, k, batch=batch, metric=metric, loop=loop, chunk_size=5)
+    assert torch.equal(e2.col, e.col)
+
+
+def test_knn_equal_size_float32_far_from_origin():
+    gen = torch.Generator().manual_seed(1)
+    x = (torch.randn(4 * 100, 3, generator=gen, dtype=torch.float64) * 0.01 + 1000.0).float()
+    batch = torch.arange(4).repeat_interleave(100)
+    e = EdgeSet.knn(x, 5, batch=batch)
+    for i in range(4):
+        xi = x[i * 100:(i + 1) * 100].double()
+        _, ref_d = brute_knn(xi, 5, "l2", False)
+        d = ((xi[e.row[i * 500:(i + 1) * 500] - i * 100]
+              - xi[e.col[i * 500:(i + 1) * 500] - i * 100]) ** 2).sum(-1).view(100, 5)
+        torch.testing.assert_close(d, ref_d, rtol=1e-4, atol=0.0)
+
+
+def test_knn_does_not_track_gradients():
+    x = torch.randn(20, 3, requires_grad=True)
+    e = EdgeSet.knn(x, 3)
+    assert not e.col.requires_grad
+    assert x.grad is None
+
+
+# ----------------------------------------------------------------------------- lazy dense lists
+@pytest.mark.parametrize("loop", [True, False])
+def test_dense_edge_lists_are_lazy_and_correct(device, loop):
+    from graphkd.kernels import edge_kernel
+
+    n = 5
+    e = EdgeSet.dense(n, loop=loop, device=device)
+    x = torch.randn(n, 3, dtype=torch.float64, device=device)
+    w = edge_kernel(x, e, "dot")
+    assert w.shape == (e.num_edges,) == ((n * n if loop else n * (n - 1)),)
+    # the dense kernel path did not need the edge lists
+    assert e._row is None and e._col is None
+    moved = e.to(device).with_batch(torch.zeros(n, dtype=torch.long, device=device))
+    pairs = [(i, j) for i in range(n) for j in range(n) if loop or i != j]
+    for g in (e, moved):
+        assert list(zip(g.row.tolist(), g.col.tolist())) == pairs
+    # values on the materialised lists equal the dense path
+    torch.testing.assert_close(w, (x[e.row] * x[e.col]).sum(-1))
+
+
+def test_sample_nodes():
+    assert EdgeSet.sample_nodes(4, 10).tolist() == [0, 1, 2, 3]
+    a = EdgeSet.sample_nodes(50, 7, generator=torch.Generator().manual_seed(9))
+    b = EdgeSet.sample_nodes(50, 7, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(a, b) and a.numel() == 7 and a.unique().numel() == 7
+    assert torch.equal(a, a.sort().values)
+    nodes, _ = EdgeSet.sample_pairs(50, 7, generator=torch.Generator().manual_seed(9))
+    assert torch.equal(nodes, a)
+    with pytest.raises(ValueError, match="max_samples"):
+        EdgeSet.sample_nodes(5, 0)
