@@ -1,0 +1,154 @@
+"""Shared pieces of the ranking-distillation losses: list graphs, checks, the name registry.
+
+Every method is a pure function (the maths, explicit score tensors in, scalar out) plus a thin
+:class:`RankingLoss` module holding its hyperparameters (and trainable parts, e.g. DE's experts).
+Modules register under a short name, so a config can say ``method: rrd``.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import ClassVar
+
+import torch
+from torch import Tensor, nn
+
+from graphkd._checks import check_finite
+from graphkd.graphs import EdgeSet
+
+__all__ = [
+    "RankingLoss",
+    "RANKING_LOSSES",
+    "register",
+    "get_ranking_loss",
+    "ranking_loss_names",
+    "list_graph",
+    "check_lists",
+    "check_output",
+    "reduce_rows",
+]
+
+#: name -> loss class; filled by :func:`register`.
+RANKING_LOSSES: dict[str, type[RankingLoss]] = {}
+
+#: reductions over users (rows) accepted by every ranking loss.
+ROW_REDUCTIONS = ("sum", "mean", "none")
+
+
+class RankingLoss(nn.Module):
+    """Base of the ranking-distillation losses.
+
+    ``inputs`` documents what ``forward`` takes (the trainer reads it); :meth:`set_epoch` is
+    called once per epoch by the trainer (no-op unless a method anneals or switches schedules).
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[str] = ""
+
+    def set_epoch(self, epoch: int, num_epochs: int) -> None:
+        """Hook called at the start of every epoch (0-based ``epoch`` of ``num_epochs``)."""
+
+
+def register(name: str):
+    """Class decorator: register a :class:`RankingLoss` subclass under ``name``."""
+
+    def deco(cls: type[RankingLoss]) -> type[RankingLoss]:
+        if name in RANKING_LOSSES and RANKING_LOSSES[name] is not cls:
+            raise ValueError(f"a ranking loss named {name!r} is already registered.")
+        cls.name = name
+        RANKING_LOSSES[name] = cls
+        return cls
+
+    return deco
+
+
+def ranking_loss_names() -> list[str]:
+    """Sorted names of the registered ranking losses."""
+    return sorted(RANKING_LOSSES)
+
+
+def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:
+    """Resolve a ranking loss from a (case-insensitive) name plus hyperparameters, or pass an
+    instance through.
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    if isinstance(method, nn.Module):
+        if kwargs:
+            raise ValueError("hyperparameters go to the constructor when passing an instance.")
+        return method
+    key = str(method).lower()
+    if key not in RANKING_LOSSES:
+        raise ValueError(
+            f"unknown ranking-distillation method {method!r}; valid: {ranking_loss_names()}."
+        )
+    return RANKING_LOSSES[key](**kwargs)
+
+
+def list_graph(num_rows: int, k: int, device: torch.device | str) -> EdgeSet:
+    """Regular EdgeSet of ``num_rows`` ordered lists of length ``k`` (column = position).
+
+    Per-edge values of this graph are ``scores.reshape(-1)`` of a ``[num_rows, k]`` score
+    matrix. Built without validation or host syncs and cached per ``(num_rows, k, device)``
+    (EdgeSets are immutable), so a training loop with a fixed batch shape builds it once.
+    """
+    return _list_graph(num_rows, k, torch.device(device))
+
+
+@functools.lru_cache(maxsize=64)
+def _list_graph(num_rows: int, k: int, device: torch.device) -> EdgeSet:
+    ptr = torch.arange(0, num_rows * k + 1, max(k, 1), device=device)[: num_rows + 1]
+    row = torch.arange(num_rows, device=device).repeat_interleave(k)
+    col = torch.arange(k, device=device).repeat(num_rows)
+    return EdgeSet(ptr, row, col, num_rows, max(k, 1), degree=k)
+
+
+def check_lists(x: Tensor, name: str, *, rows: int | None = None, finite: bool = True) -> None:
+    """``x`` must be a floating ``[U, K]`` score matrix (with ``rows`` rows if given).
+
+    ``finite=True`` also rejects NaN/inf (one pass over ``x`` and a host sync); losses that
+    check their *output* with :func:`check_output` instead pass ``finite=False``.
+    """
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if x.dim() != 2:
+        raise ValueError(f"`{name}` must be a [users, items] matrix, got shape {tuple(x.shape)}.")
+    if not x.is_floating_point():
+        raise TypeError(f"`{name}` must be a floating tensor, got dtype {x.dtype}.")
+    if finite:
+        check_finite(x, name)
+    if rows is not None and x.shape[0] != rows:
+        raise ValueError(
+            f"`{name}` has {x.shape[0]} rows but {rows} were expected: every score matrix of "
+            "one call must list the same users in the same order."
+        )
+
+
+def check_output(out: Tensor, **inputs: Tensor) -> None:
+    """Raise if a loss's (small) output is not finite, naming the non-finite input.
+
+    Cheaper than scanning every input: one reduction over ``out`` (and one host sync); the
+    inputs are only scanned to write the error message. Non-finite inputs that leave the
+    result finite (``-inf`` scores of negatives, which carry no probability mass) pass.
+    """
+    if bool(torch.isfinite(out).all()):
+        return
+    for name, x in inputs.items():
+        check_finite(x, name)
+    raise ValueError(
+        "the loss is not finite although its inputs are; the scores span a range too wide "
+        "for the dtype (use float64 or rescale the scores)."
+    )
+
+
+def reduce_rows(per_row: Tensor, reduction: str) -> Tensor:
+    """Reduce per-user losses ``[U]``: ``"sum"`` (the references' choice), ``"mean"``,
+    ``"none"`` (graphkd's ``reduce`` semantics without its weighting, for the hot path)."""
+    if reduction == "sum":
+        return per_row.sum()
+    if reduction == "mean":
+        return per_row.mean() if per_row.numel() else per_row.sum()
+    if reduction == "none":
+        return per_row
+    raise ValueError(f"unknown reduction {reduction!r}; valid: {ROW_REDUCTIONS}.")

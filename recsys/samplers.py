@@ -1,0 +1,495 @@
+r"""Per-epoch samplers of ranking distillation: seeded, vectorised over users.
+
+All samplers take an optional ``torch.Generator`` (draws happen on the generator's device, CPU
+by default, and results are moved to ``device``), so an epoch's samples are reproducible. No
+Python loop runs over users: weighted sampling without replacement is the Gumbel-top-k trick
+(:math:`\arg\mathrm{top}_k(\log w + g)` with Gumbel noise ``g``, the same distribution as
+``torch.multinomial(w, k, replacement=False)``), uniform sampling outside a forbidden set is
+vectorised rejection (membership by ``searchsorted`` on sorted ``user * num_items + item`` keys)
+with an exact masked fallback for the few rows that keep failing.
+
+Positions vs items: samplers over a teacher's top-``M`` list return *positions* ``[U, k]``
+(0-based teacher ranks, sorted ascending = teacher order when ``sort=True``); map them to items
+with ``top.indices.gather(1, positions)``.
+
+================================  ===========================================================
+sampler                           distribution
+================================  ===========================================================
+:func:`rank_aware_sample`         ``k`` distinct positions, :math:`p(r) \propto e^{-r/T}`
+                                  (RRD, ``T=10``; ``temperature=None``: uniform over top-M)
+:func:`tournament_sample`         CD: winner (better rank) of two draws with
+                                  :math:`p(r) \propto e^{-r/(M T)}`, ``n`` distinct per user
+:func:`uniform_items`             uniform over items outside history, padding and top-M
+                                  (RRD's uninteresting items, RD's ``eps`` dynamic samples)
+:func:`discrepancy_sample`        DCD: under-/over-estimated positions,
+                                  :math:`p \propto \max(\tanh(\max(\pm(r^S-r^T)/T, 0)), 10^{-5})`
+:func:`pair_sample`               UnKD: position pairs ``i < j`` drawn i.i.d. with
+                                  :math:`p(r) \propto e^{-(r+1)/T}` (``T=20``), ``i != j``
+:func:`popularity_groups`         UnKD: items split into groups of equal interaction mass
+================================  ===========================================================
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import Tensor
+
+from recsys.softlabels import HistoryLike, TopK, _chunk_history, _extract, as_history
+
+__all__ = [
+    "gumbel_topk",
+    "rank_aware_sample",
+    "tournament_sample",
+    "uniform_items",
+    "student_ranks",
+    "discrepancy_sample",
+    "popularity_groups",
+    "group_topk",
+    "pair_sample",
+]
+
+
+def _gen_device(generator: torch.Generator | None) -> torch.device:
+    return generator.device if generator is not None else torch.device("cpu")
+
+
+def _gumbel(shape: tuple[int, ...], generator: torch.Generator | None,
+            dtype: torch.dtype = torch.float64) -> Tensor:
+    u = torch.rand(shape, generator=generator, device=_gen_device(generator), dtype=dtype)
+    u = u.clamp(torch.finfo(dtype).tiny, 1.0 - torch.finfo(dtype).eps)
+    return -torch.log(-torch.log(u))
+
+
+def gumbel_topk(log_weights: Tensor, k: int, *, generator: torch.Generator | None = None,
+                sort: bool = True) -> Tensor:
+    """``k`` distinct column indices per row, drawn without replacement with probability
+    proportional to ``exp(log_weights)`` (``-inf`` = never).
+
+    Args:
+        log_weights: ``[U, M]`` (broadcast rows allowed: ``[1, M]`` with ``U`` from ``generator``
+            draws is not supported; expand first).
+        k: samples per row, ``k <= M`` (and ``<=`` the number of finite weights of each row).
+        sort: return each row's indices in increasing order (teacher order for rank lists).
+
+    Returns:
+        ``[U, k]`` int64 on ``log_weights``' device.
+    """
+    if k > log_weights.shape[-1]:
+        raise ValueError(f"cannot draw k={k} distinct samples from {log_weights.shape[-1]}.")
+    g = _gumbel(tuple(log_weights.shape), generator).to(log_weights.device)
+    keys = log_weights.to(torch.float64) + g
+    idx = keys.topk(k, dim=-1).indices
+    return idx.sort(dim=-1).values if sort else idx
+
+
+def _check_k_m(k: int, m: int, what: str = "k") -> None:
+    if m < 1:
+        raise ValueError(f"the top-M list must be non-empty, got M={m}.")
+    if not 1 <= k <= m:
+        raise ValueError(f"`{what}`={k} must lie in [1, M={m}] (distinct positions of a top-M).")
+
+
+def rank_aware_sample(
+    num_users: int, m: int, k: int, *, temperature: float | None = 10.0,
+    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    sort: bool = True,
+) -> Tensor:
+    r"""RRD's interesting items: ``k`` distinct positions of a top-``m`` list per user.
+
+    Without replacement, :math:`p(r) \propto e^{-r/T}` (``r = 0..m-1``); ``temperature=None``
+    samples uniformly (the authors' later, better-performing variant).
+
+    Returns:
+        ``[num_users, k]`` int64 positions (ascending = teacher order when ``sort``).
+
+    Example:
+        >>> pos = rank_aware_sample(3, 500, 40, generator=torch.Generator().manual_seed(0))
+        >>> pos.shape, bool((pos[:, 1:] > pos[:, :-1]).all())
+        (torch.Size([3, 40]), True)
+    """
+    _check_k_m(k, m)
+    if temperature is not None and temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0 or None (uniform), got {temperature}.")
+    r = torch.arange(m, dtype=torch.float64)
+    logw = (-r / temperature) if temperature is not None else torch.zeros(m, dtype=torch.float64)
+    out = gumbel_topk(logw.expand(num_users, m), k, generator=generator, sort=sort)
+    return out.to(device) if device is not None else out
+
+
+def _categorical(log_weights: Tensor, shape: tuple[int, ...],
+                 generator: torch.Generator | None) -> Tensor:
+    """i.i.d. draws (with replacement) from one categorical given by ``log_weights`` ``[M]``."""
+    p = torch.softmax(log_weights.to(torch.float64), 0)
+    flat = torch.multinomial(p.to(_gen_device(generator)), math.prod(shape), replacement=True,
+                             generator=generator)
+    return flat.view(shape)
+
+
+def _first_valid(cand: Tensor, valid: Tensor, n: int) -> tuple[Tensor, Tensor]:
+    """First ``n`` valid entries of each row in draw order, and whether the row had ``n``."""
+    order = torch.sort((~valid).to(torch.int8), dim=1, stable=True).indices[:, :n]
+    return cand.gather(1, order), valid.sum(1) >= n
+
+
+def _mark_repeats(cand: Tensor) -> Tensor:
+    """``[R, c]`` bool: True where the value already occurred earlier in the row."""
+    s, perm = torch.sort(cand, dim=1, stable=True)
+    rep = torch.zeros_like(s, dtype=torch.bool)
+    rep[:, 1:] = s[:, 1:] == s[:, :-1]
+    return torch.zeros_like(rep).scatter(1, perm, rep)
+
+
+def tournament_sample(
+    num_users: int, m: int, n: int, *, temperature: float = 20.0,
+    generator: torch.Generator | None = None, device: torch.device | str | None = None,
+    max_rounds: int = 50,
+) -> Tensor:
+    r"""CD's rank-aware tournament: ``n`` distinct positions of a top-``m`` list per user.
+
+    Each draw takes two positions i.i.d. with :math:`p(r) \propto e^{-r/(m T)}` (``r = 1..m``,
+    as in the reference) and keeps the better-ranked one (so
+    :math:`P(\text{win}=r) = p_r^2 + 2 p_r \sum_{r' > r} p_{r'}`); draws are repeated until each
+    user has ``n`` distinct winners (the first ``n`` distinct ones in draw order).
+
+    Returns:
+        ``[num_users, n]`` int64 positions, sorted ascending.
+    """
+    _check_k_m(n, m, "n")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be > 0, got {temperature}.")
+    logw = -torch.arange(1, m + 1, dtype=torch.float64) / (m * temperature)
+    out = torch.empty(num_users, n, dtype=torch.long)
+    pending = torch.arange(num_users)
+    c = 2 * n + 8
+    for _ in range(max_rounds):
+        if pending.numel() == 0:
+            break
+        a = _categorical(logw, (pending.numel(), c, 2), generator)
+        win = a.min(-1).values
+        got, ok = _first_valid(win, ~_mark_repeats(win), n)
+        out[pending[ok]] = got[ok]
+        pending = pending[~ok]
+        c *= 2
+    if pending.numel():
+        raise RuntimeError(
+            f"tournament sampling could not find {n} distinct items for {pending.numel()} users "
+            f"in {max_rounds} rounds; lower n or raise the temperature."
+        )
+    out = out.sort(dim=1).values
+    return out.to(device) if device is not None else out
+
+
+def _forbidden_keys(users: Tensor, num_items: int, history: HistoryLike | None,
+                    exclude_topk: Tensor | None, padding_item: int | None) -> Tensor:
+    """Sorted unique ``local_row * num_items + item`` keys of the items a row may not get."""
+    dev = users.device
+    u = users.numel()
+    parts = []
+    if history is not None:
+        hist = as_history(history, num_items)
+        if users.numel() and int(users.max()) >= hist.num_rows:
+            raise ValueError(
+                f"`users` has ids up to {int(users.max())} but the history has only "
+                f"{hist.num_rows} rows."
+            )
+        r, c = _chunk_history(hist.ptr.to(dev), hist.col.to(dev), users)
+        parts.append(r * num_items + c)
+    if exclude_topk is not None:
+        if exclude_topk.dim() != 2 or exclude_topk.shape[0] != u:
+            raise ValueError(
+                f"`exclude_topk` must be [{u}, M] (one top-M row per user), got "
+                f"{tuple(exclude_topk.shape)}."
+            )
+        rows = torch.arange(u, device=dev).unsqueeze(1)
+        parts.append((rows * num_items + exclude_topk.to(dev).long()).reshape(-1))
+    if padding_item is not None:
+        parts.append(torch.arange(u, device=dev) * num_items + padding_item)
+    if not parts:
+        return torch.zeros(0, dtype=torch.long, device=dev)
+    return torch.unique(torch.cat(parts))
+
+
+def _is_member(keys: Tensor, query: Tensor) -> Tensor:
+    if keys.numel() == 0:
+        return torch.zeros_like(query, dtype=torch.bool)
+    pos = torch.searchsorted(keys, query).clamp_max(keys.numel() - 1)
+    return keys[pos] == query
+
+
+def uniform_items(
+    users: Tensor, num_items: int, n: int, *, history: HistoryLike | None = None,
+    exclude_topk: Tensor | None = None, padding_item: int | None = 0,
+    replacement: bool = False, generator: torch.Generator | None = None,
+    max_rounds: int = 4,
+) -> Tensor:
+    """``n`` items per user, uniform over the items outside the user's history, the padding
+    item and (optionally) the user's top-M list.
+
+    RRD's uninteresting items (``exclude_topk=top.indices``, ``L=40``), RD's ``eps=100`` dynamic
+    samples and UnKD/BPR-style negatives (``exclude_topk=None``).
+
+    Args:
+        users: ``[U]`` user ids (rows of ``history``).
+        num_items: item count.
+        n: items per user.
+        history: per-user training history (see :func:`recsys.softlabels.as_history`).
+        exclude_topk: optional ``[U, M]`` items also excluded per row.
+        padding_item: always excluded (``None``: none).
+        replacement: draw with replacement (default: ``n`` distinct items).
+        generator: seeded generator.
+        max_rounds: rejection rounds before the exact masked fallback for remaining rows.
+
+    Returns:
+        ``[U, n]`` int64 items on ``users``' device, in random order.
+
+    Raises:
+        ValueError: a user has fewer allowed items than ``n`` (or none, with replacement).
+    """
+    if users.dim() != 1 or users.dtype not in (torch.int64, torch.int32):
+        raise ValueError("`users` must be a 1-D integer tensor of user ids.")
+    if n < 1:
+        raise ValueError(f"`n` must be >= 1, got {n}.")
+    if users.numel() and int(users.min()) < 0:
+        raise ValueError("`users` contains negative ids.")
+    users = users.long()
+    dev = users.device
+    u = users.numel()
+    keys = _forbidden_keys(users, num_items, history, exclude_topk, padding_item)
+    n_forbidden = torch.bincount(keys // num_items, minlength=u)
+    avail = num_items - n_forbidden
+    need = 1 if replacement else n
+    short = (avail < need).nonzero().squeeze(1)
+    if short.numel():
+        raise ValueError(
+            f"{short.numel()} user(s) (e.g. {users[short[:5]].tolist()}) have only "
+            f"{avail[short[:5]].tolist()} allowed items but n={n} "
+            + ("distinct " if not replacement else "")
+            + "samples were asked for; lower n (or the top-M excluded)."
+        )
+    gdev = _gen_device(generator)
+    out = torch.empty(u, n, dtype=torch.long, device=dev)
+    pending = torch.arange(u, device=dev)
+    for rnd in range(max_rounds):
+        if pending.numel() == 0:
+            break
+        # oversample by the worst allowed fraction among pending rows
+        frac = float((avail[pending].double() / num_items).min())
+        c = int(math.ceil(n / max(frac, 1e-3) * 1.25)) + 8 << rnd
+        c = min(c, 4 * num_items + 8)
+        cand = torch.randint(0, num_items, (pending.numel(), c), generator=generator,
+                             device=gdev).to(dev)
+        valid = ~_is_member(keys, pending.unsqueeze(1) * num_items + cand)
+        if not replacement:
+            valid &= ~_mark_repeats(cand)
+        got, ok = _first_valid(cand, valid, n)
+        out[pending[ok]] = got[ok]
+        pending = pending[~ok]
+    if pending.numel():  # exact fallback: Gumbel-top-n over each remaining row's allowed items
+        for s in range(0, pending.numel(), 256):
+            rows = pending[s:s + 256]
+            allowed = torch.ones(rows.numel(), num_items, dtype=torch.bool, device=dev)
+            rk = keys[_is_member(rows, keys // num_items)]
+            local = torch.searchsorted(rows, rk // num_items)
+            allowed[local, rk % num_items] = False
+            logw = torch.zeros(allowed.shape, dtype=torch.float64, device=dev).masked_fill(
+                ~allowed, -torch.inf)
+            if replacement:
+                idx = torch.multinomial(allowed.double().to(gdev), n, replacement=True,
+                                        generator=generator).to(dev)
+            else:
+                idx = gumbel_topk(logw, n, generator=generator, sort=False)
+            out[rows] = idx
+    return out
+
+
+def student_ranks(
+    score_fn: Callable[[Tensor], Tensor], users: Tensor, items: Tensor, num_items: int, *,
+    chunk_size: int = 1024,
+) -> Tensor:
+    """Exact 0-based rank of ``items`` in each user's full student ranking (chunked).
+
+    ``rank = |{j : s(u, j) > s(u, i)}|`` over all items (as DCD's reference, which ranks over
+    every item). Memory ``O(chunk_size * num_items)``.
+
+    Args:
+        score_fn: ``users [c] -> [c, num_items]`` student scores.
+        users: ``[U]`` user ids.
+        items: ``[U, M]`` items to rank (e.g. the teacher's top-M).
+        num_items: item count.
+        chunk_size: users per chunk.
+
+    Returns:
+        ``[U, M]`` int64 ranks.
+    """
+    if items.dim() != 2 or items.shape[0] != users.numel():
+        raise ValueError(f"`items` must be [{users.numel()}, M], got {tuple(items.shape)}.")
+    out = torch.empty(items.shape, dtype=torch.long, device=items.device)
+    with torch.no_grad():
+        for s in range(0, users.numel(), chunk_size):
+            sc = score_fn(users[s:s + chunk_size])
+            if sc.shape != (min(chunk_size, users.numel() - s), num_items):
+                raise ValueError(f"`score_fn` returned shape {tuple(sc.shape)}, expected "
+                                 f"[chunk, {num_items}].")
+            x = sc.gather(1, items[s:s + chunk_size].to(sc.device))
+            asc = sc.sort(dim=1).values
+            le = torch.searchsorted(asc, x.contiguous(), right=True)
+            out[s:s + chunk_size] = (num_items - le).to(out.device)
+    return out
+
+
+def discrepancy_sample(
+    student_rank: Tensor, k: int, *, temperature: float = 10.0, floor: float = 1e-5,
+    generator: torch.Generator | None = None, sort: bool = True,
+) -> tuple[Tensor, Tensor]:
+    r"""DCD: under- and over-estimated positions of the teacher's top-M.
+
+    With teacher rank :math:`r^T = 0..M-1` (the position) and student rank :math:`r^S`
+    (``student_rank``, e.g. from :func:`student_ranks`):
+
+    .. math::
+        w^{under} = \max(\tanh(\max((r^S - r^T)/T, 0)), \text{floor}),\quad
+        w^{over} = \max(\tanh(\max((r^T - r^S)/T, 0)), \text{floor})
+
+    and ``k`` distinct positions are drawn from each, without replacement, ``∝ w``.
+
+    Args:
+        student_rank: ``[U, M]`` student ranks of the teacher's top-M items (teacher order).
+        k: samples per list (``K=100``).
+        temperature: ``T=10``.
+        floor: minimum weight (``1e-5``, reference).
+        sort: return positions ascending (teacher order).
+
+    Returns:
+        ``(under, over)``, each ``[U, k]`` int64 positions.
+    """
+    if student_rank.dim() != 2:
+        raise ValueError(f"`student_rank` must be [U, M], got {tuple(student_rank.shape)}.")
+    _check_k_m(k, student_rank.shape[1])
+    r_s = student_rank.to(torch.float64)
+    r_t = torch.arange(r_s.shape[1], dtype=torch.float64, device=r_s.device)
+    diff = (r_s - r_t) / temperature
+    w_under = torch.tanh(diff.clamp_min(0)).clamp_min(floor)
+    w_over = torch.tanh((-diff).clamp_min(0)).clamp_min(floor)
+    under = gumbel_topk(w_under.log(), k, generator=generator, sort=sort)
+    over = gumbel_topk(w_over.log(), k, generator=generator, sort=sort)
+    return under, over
+
+
+def popularity_groups(item_counts: Tensor, num_groups: int) -> Tensor:
+    """UnKD's popularity groups: ``[I]`` group id, groups of (nearly) equal interaction mass.
+
+    Items are sorted by decreasing count (ties by id); item ``i`` goes to group
+    ``floor(G * (mass of the items before it) / total)``, so group 0 holds the most popular
+    items, every group is a contiguous popularity band, and each group's mass differs from
+    ``total / G`` by less than the largest single count. Items with count 0 fall in the last
+    band.
+
+    Example:
+        >>> popularity_groups(torch.tensor([1, 1, 4, 1, 1]), 2).tolist()
+        [1, 1, 0, 1, 1]
+    """
+    if item_counts.dim() != 1 or item_counts.numel() == 0:
+        raise ValueError("`item_counts` must be a non-empty 1-D tensor (count per item).")
+    if num_groups < 1 or num_groups > item_counts.numel():
+        raise ValueError(f"`num_groups` must lie in [1, {item_counts.numel()}], got "
+                         f"{num_groups}.")
+    counts = item_counts.to(torch.float64)
+    if bool((counts < 0).any()):
+        raise ValueError("`item_counts` must be non-negative.")
+    total = counts.sum()
+    if total <= 0:
+        raise ValueError("`item_counts` sums to 0: no interactions to split.")
+    order = torch.sort(-counts, stable=True).indices
+    before = torch.cumsum(counts[order], 0) - counts[order]
+    grp = torch.floor(before * num_groups / total).long().clamp_max(num_groups - 1)
+    return torch.empty_like(grp).scatter_(0, order, grp)
+
+
+def group_topk(
+    score_fn: Callable[[Tensor], Tensor], users: Tensor | int, num_items: int, m: int,
+    item_groups: Tensor, group: int, *, exclude: HistoryLike | None = None,
+    padding_item: int | None = 0, chunk_size: int = 1024,
+    device: torch.device | str | None = None,
+) -> tuple[TopK, Tensor]:
+    """The teacher's top-``m`` items *within one popularity group* (UnKD's per-group ranking).
+
+    Items of other groups, the history and the padding item are masked; users with fewer than
+    ``m`` allowed items in the group get a shorter valid prefix.
+
+    Returns:
+        ``(top, lengths)``: a :class:`TopK` with ``k = min(m, group size)`` (invalid tail
+        entries have score ``-inf``) and ``[U]`` valid lengths.
+    """
+    in_group = item_groups == group
+    size = int(in_group.sum())
+    if size == 0:
+        raise ValueError(f"group {group} has no items.")
+    k = min(m, size)
+    dev = device if device is not None else (
+        users.device if isinstance(users, Tensor) else torch.device("cpu"))
+    outside = ~in_group.to(dev)
+
+    def masked(u: Tensor) -> Tensor:
+        return score_fn(u).masked_fill(outside, -torch.inf)
+
+    top = _extract(masked, users, num_items, k, exclude=exclude, padding_item=padding_item,
+                   chunk_size=chunk_size, device=dev, strict=False)
+    return top, torch.isfinite(top.scores).sum(1)
+
+
+def pair_sample(
+    lengths: Tensor, n: int, *, temperature: float = 20.0,
+    generator: torch.Generator | None = None, max_rounds: int = 50,
+) -> tuple[Tensor, Tensor, Tensor]:
+    r"""UnKD pairs: ``n`` position pairs ``(i, j)``, ``i < j``, per user of a ranked list.
+
+    Both positions are drawn i.i.d. with :math:`p(r) \propto e^{-(r+1)/T}` over the user's valid
+    prefix ``0..lengths[u]-1``; equal draws are redrawn; the better-ranked one is ``i``. So
+    :math:`P(\{x, y\}) = 2 p_x p_y / (1 - \sum_r p_r^2)`.
+
+    Args:
+        lengths: ``[U]`` valid list length per user (e.g. from :func:`group_topk`).
+        n: pairs per user.
+        temperature: ``T = 20``.
+
+    Returns:
+        ``(pos_i, pos_j, valid)``: ``[U, n]`` positions and a ``[U, n]`` mask (False for users
+        whose list has fewer than 2 items; their positions are 0).
+    """
+    if lengths.dim() != 1:
+        raise ValueError("`lengths` must be [U].")
+    if n < 1:
+        raise ValueError(f"`n` must be >= 1, got {n}.")
+    dev = lengths.device
+    m = int(lengths.max()) if lengths.numel() else 0
+    u = lengths.numel()
+    pos_i = torch.zeros(u, n, dtype=torch.long, device=dev)
+    pos_j = torch.zeros(u, n, dtype=torch.long, device=dev)
+    ok_rows = lengths >= 2
+    if m < 2:
+        return pos_i, pos_j, ok_rows.unsqueeze(1).expand(u, n).clone()
+    r = torch.arange(m, dtype=torch.float64, device=dev)
+    logw = (-(r + 1) / temperature).expand(u, m).masked_fill(
+        r.unsqueeze(0) >= lengths.unsqueeze(1), -torch.inf)
+    p = torch.softmax(logw, dim=1)
+    p = torch.where(ok_rows.unsqueeze(1), p, torch.full_like(p, 1.0 / m))
+    todo = ok_rows.unsqueeze(1).expand(u, n).clone()
+    gdev = _gen_device(generator)
+    for _ in range(max_rounds):
+        rows = todo.any(1).nonzero().squeeze(1)
+        if rows.numel() == 0:
+            break
+        draws = torch.multinomial(p[rows].to(gdev), 2 * n, replacement=True,
+                                  generator=generator).to(dev).view(-1, n, 2)
+        a, b = draws[..., 0], draws[..., 1]
+        fill = todo[rows] & (a != b)
+        pi, pj = torch.minimum(a, b), torch.maximum(a, b)
+        pos_i[rows] = torch.where(fill, pi, pos_i[rows])
+        pos_j[rows] = torch.where(fill, pj, pos_j[rows])
+        todo[rows] = todo[rows] & ~fill
+    if bool(todo.any()):
+        raise RuntimeError("pair sampling did not converge; raise the temperature.")
+    return pos_i, pos_j, ok_rows.unsqueeze(1).expand(u, n).clone()

@@ -1,0 +1,597 @@
+r"""Teacher top-K soft labels: chunked, masked, deterministic, cached.
+
+A trained recommender's top-K unobserved items per user are the *soft labels* of ranking
+distillation. :func:`teacher_topk` streams users through the teacher's scoring function in
+chunks, masks each user's training history and the padding item, and keeps only the top-K of each
+chunk, so peak memory is ``O(chunk_size * num_items)`` whatever the number of users:
+
+.. math::
+    \mathrm{TopK}_u = \operatorname{argsort}^{\downarrow}_{i \notin H_u \cup \{0\}} s_T(u, i)[:K]
+
+Ties are broken deterministically: equal scores are ordered by increasing item index (exactly
+``torch.sort(masked, descending=True, stable=True)[:, :K]``), so results do not depend on the
+chunk size or on ``torch.topk``'s unspecified tie order.
+
+The result is a :class:`TopK` (``indices [U, K]`` int64 and ``scores [U, K]``), which converts to
+a graphkd :class:`~graphkd.graphs.EdgeSet` with ``degree=K`` (``topk.to_edgeset()``): a bipartite
+user -> item relation graph on which every recsys loss runs.
+
+History (the ``exclude`` argument) is a user x item CSR: a graphkd ``EdgeSet`` (rows = users,
+columns = items), a ``scipy.sparse`` matrix, or a ``(ptr, col)`` pair of tensors; build one from
+interaction pairs with :func:`history_from_interactions`. A user with no history is valid
+(nothing is masked for them).
+
+:func:`cached_teacher_topk` stores the result on disk as plain tensors (``torch.save`` of a
+``dict[str, Tensor]``, loadable with ``torch.load(path, weights_only=True)``), keyed by a SHA-256
+fingerprint of the teacher's weights, ``K``, the users, the item count, the padding item and the
+exclusion set. A stale file (another fingerprint) or a corrupt one (unreadable, missing keys,
+checksum mismatch) is detected, logged and rebuilt, never silently used.
+
+Example:
+    >>> U, V = torch.randn(100, 8), torch.randn(50, 8)
+    >>> hist = history_from_interactions(torch.tensor([0, 0, 1]), torch.tensor([3, 4, 7]),
+    ...                                  num_users=100, num_items=50)
+    >>> top = teacher_topk(lambda u: U[u] @ V.T, 100, 50, k=10, exclude=hist, chunk_size=32)
+    >>> top.indices.shape, top.to_edgeset().degree
+    (torch.Size([100, 10]), 10)
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import sys
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from graphkd.graphs import EdgeSet
+
+__all__ = [
+    "TopK",
+    "HistoryLike",
+    "history_from_interactions",
+    "as_history",
+    "teacher_topk",
+    "topk_fingerprint",
+    "save_topk",
+    "load_topk",
+    "cached_teacher_topk",
+    "CacheError",
+]
+
+log = logging.getLogger(__name__)
+
+#: Accepted forms of a user x item history: EdgeSet, scipy.sparse matrix, or ``(ptr, col)``.
+HistoryLike = Any  # EdgeSet | tuple[Tensor, Tensor] | scipy.sparse matrix
+
+_CACHE_VERSION = 1
+
+
+# ============================================================================ TopK
+@dataclass(frozen=True, eq=False)
+class TopK:
+    """Top-K soft labels of a teacher: row ``r`` holds user ``users[r]``'s best items.
+
+    Attributes:
+        indices: ``[U, K]`` int64 item ids, best first.
+        scores: ``[U, K]`` teacher scores of those items (non-increasing along each row).
+        num_items: total number of items (the column count of the relation graph).
+        users: ``[U]`` int64 user id of each row.
+
+    Example:
+        >>> top = TopK(torch.tensor([[2, 0]]), torch.tensor([[0.9, 0.1]]), 3, torch.tensor([5]))
+        >>> top.to_edgeset().col.tolist()
+        [2, 0]
+    """
+
+    indices: Tensor
+    scores: Tensor
+    num_items: int
+    users: Tensor
+
+    @property
+    def k(self) -> int:
+        """``K``, the number of items per user."""
+        return self.indices.shape[1]
+
+    @property
+    def num_users(self) -> int:
+        """``U``, the number of rows."""
+        return self.indices.shape[0]
+
+    @property
+    def device(self) -> torch.device:
+        return self.indices.device
+
+    def to(self, device: torch.device | str) -> TopK:
+        """Return a copy on ``device``."""
+        return TopK(self.indices.to(device), self.scores.to(device), self.num_items,
+                    self.users.to(device))
+
+    def to_edgeset(self) -> EdgeSet:
+        """The bipartite user -> item relation graph (``U x num_items``, ``degree=K``).
+
+        Row ``r`` is user ``users[r]``; its edges are ``indices[r]`` in rank order, so a per-edge
+        value ``v[E]`` views as ``v.view(U, K)`` with column ``j`` = rank ``j`` (0-based).
+        """
+        return EdgeSet.from_topk(self.indices, self.num_items)
+
+    def state_dict(self) -> dict[str, Tensor]:
+        """Plain tensors (for ``torch.save`` / ``torch.load(weights_only=True)``)."""
+        return {
+            "indices": self.indices,
+            "scores": self.scores,
+            "users": self.users,
+            "num_items": torch.tensor(self.num_items, dtype=torch.long),
+        }
+
+    @classmethod
+    def from_state_dict(cls, state: Mapping[str, Tensor]) -> TopK:
+        """Inverse of :meth:`state_dict` (validates shapes)."""
+        missing = {"indices", "scores", "users", "num_items"} - set(state)
+        if missing:
+            raise KeyError(f"TopK state is missing {sorted(missing)}.")
+        ind, sc, us = state["indices"], state["scores"], state["users"]
+        if ind.dim() != 2 or sc.shape != ind.shape or us.shape != (ind.shape[0],):
+            raise ValueError(
+                f"inconsistent TopK state: indices {tuple(ind.shape)}, scores "
+                f"{tuple(sc.shape)}, users {tuple(us.shape)}."
+            )
+        return cls(ind.long(), sc, int(state["num_items"]), us.long())
+
+
+# ============================================================================ history
+def history_from_interactions(
+    users: Tensor, items: Tensor, num_users: int, num_items: int,
+) -> EdgeSet:
+    """User x item history CSR from interaction pairs (duplicates removed, columns sorted).
+
+    Args:
+        users: ``[N]`` int user id of each interaction.
+        items: ``[N]`` int item id of each interaction.
+        num_users, num_items: matrix shape.
+
+    Returns:
+        an EdgeSet with ``num_users`` rows (users without interactions have empty rows).
+
+    Example:
+        >>> h = history_from_interactions(torch.tensor([1, 1, 0]), torch.tensor([2, 2, 5]), 3, 6)
+        >>> h.ptr.tolist(), h.col.tolist()
+        ([0, 1, 2, 2], [5, 2])
+    """
+    if users.shape != items.shape or users.dim() != 1:
+        raise ValueError(
+            f"`users` and `items` must be 1-D of equal length, got {tuple(users.shape)} and "
+            f"{tuple(items.shape)}."
+        )
+    from graphkd._checks import check_index
+
+    check_index(users, num_users, "users")
+    check_index(items, num_items, "items")
+    key = torch.unique(users.long() * num_items + items.long())
+    return EdgeSet._from_sorted(key // num_items, key % num_items, num_users, num_items)
+
+
+def as_history(exclude: HistoryLike, num_items: int) -> EdgeSet:
+    """Normalise a history to a row-sorted user x item EdgeSet with ``num_items`` columns.
+
+    Accepts an EdgeSet, a ``scipy.sparse`` matrix (any format; converted to CSR), or a
+    ``(ptr, col)`` tuple of tensors (CSR row pointer ``[U + 1]`` and column ids).
+    """
+    if isinstance(exclude, EdgeSet):
+        edges = exclude
+    elif isinstance(exclude, tuple) and len(exclude) == 2:
+        ptr, col = (torch.as_tensor(t) for t in exclude)
+        if ptr.dim() != 1 or ptr.numel() < 1 or int(ptr[-1]) != col.numel():
+            raise ValueError(
+                "`exclude=(ptr, col)` must be a CSR pair: ptr [U + 1] with ptr[-1] == len(col)."
+            )
+        counts = ptr[1:] - ptr[:-1]
+        if bool((counts < 0).any()):
+            raise ValueError("`exclude` ptr must be non-decreasing.")
+        row = torch.repeat_interleave(torch.arange(ptr.numel() - 1, device=ptr.device), counts)
+        edges = EdgeSet.from_rows(row, col.long(), ptr.numel() - 1, num_items)
+    elif hasattr(exclude, "tocsr"):
+        csr = exclude.tocsr()
+        edges = as_history(
+            (torch.from_numpy(csr.indptr.astype("int64")),
+             torch.from_numpy(csr.indices.astype("int64"))), csr.shape[1])
+    else:
+        raise TypeError(
+            "`exclude` must be a graphkd EdgeSet (users x items), a scipy.sparse matrix or a "
+            f"(ptr, col) tuple; got {type(exclude).__name__}. Build one with "
+            "history_from_interactions(users, items, num_users, num_items)."
+        )
+    if edges.num_cols != num_items:
+        raise ValueError(
+            f"`exclude` has {edges.num_cols} item columns but num_items={num_items}; pass the "
+            "history of the same item set the teacher scores."
+        )
+    return edges
+
+
+def _chunk_history(hist_ptr: Tensor, hist_col: Tensor, users: Tensor) -> tuple[Tensor, Tensor]:
+    """``(local_row, col)`` of the history entries of ``users`` (vectorised CSR row gather)."""
+    starts = hist_ptr[users]
+    counts = hist_ptr[users + 1] - starts
+    local = torch.repeat_interleave(torch.arange(users.numel(), device=users.device), counts)
+    offsets = torch.cumsum(counts, 0) - counts
+    pos = torch.arange(local.numel(), device=users.device) - offsets[local] + starts[local]
+    return local, hist_col[pos]
+
+
+# ============================================================================ extraction
+def _as_users(users: Tensor | int, device: torch.device) -> Tensor:
+    if isinstance(users, int):
+        if users < 1:
+            raise ValueError(f"`users` as a count must be >= 1, got {users}.")
+        return torch.arange(users, device=device)
+    if not isinstance(users, Tensor) or users.dim() != 1:
+        raise ValueError("`users` must be an int (all users 0..n-1) or a 1-D tensor of ids.")
+    if users.dtype not in (torch.int64, torch.int32):
+        raise TypeError(f"`users` must be an integer tensor, got dtype {users.dtype}.")
+    if users.numel() == 0:
+        raise ValueError("`users` is empty; pass at least one user id.")
+    return users.to(device=device, dtype=torch.long)
+
+
+def _canonical_order(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
+    """Sort each row by (value desc, index asc): a deterministic order for ties."""
+    index, perm = index.sort(dim=1)
+    values = values.gather(1, perm)
+    values, perm = values.sort(dim=1, descending=True, stable=True)
+    return values, index.gather(1, perm)
+
+
+def _topk_deterministic(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """Top-``k`` of each row, equal to ``sort(scores, descending, stable)[:, :k]``.
+
+    ``torch.topk`` with ``k + 1`` picks the set and detects ties across the boundary (the
+    ``k``-th and ``k+1``-th values are equal); those rows (rare for real-valued scores) are
+    redone with a stable full sort. NaN sorts above every number, so a row holding a NaN has
+    NaN in its first returned value.
+    """
+    n_cols = scores.shape[1]
+    values, index = scores.topk(min(k + 1, n_cols), dim=1, largest=True, sorted=True)
+    if n_cols > k:
+        boundary = values[:, k] == values[:, k - 1]
+        values, index = values[:, :k], index[:, :k]
+        rows = boundary.nonzero().squeeze(1)
+        if rows.numel():  # one host sync per chunk; teacher_topk is not a per-batch hot path
+            sv, si = scores[rows].sort(dim=1, descending=True, stable=True)
+            values = values.index_copy(0, rows, sv[:, :k])
+            index = index.index_copy(0, rows, si[:, :k])
+    return _canonical_order(values, index)
+
+
+def _owned(t: Tensor) -> bool:
+    """Whether ``t`` is a fresh tensor only the caller's local variable refers to.
+
+    Three references: the caller's variable, this function's parameter and
+    ``getrefcount``'s argument. A tensor the score function also keeps (a cached matrix, a
+    closure variable) or a view of one has more references or a ``_base``.
+    """
+    return t._base is None and sys.getrefcount(t) <= 3
+
+
+def teacher_topk(
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor | int,
+    num_items: int,
+    k: int,
+    *,
+    exclude: HistoryLike | None = None,
+    padding_item: int | None = 0,
+    chunk_size: int = 1024,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> TopK:
+    r"""Each user's top-``k`` items under the teacher, excluding history and padding.
+
+    Users are scored ``chunk_size`` at a time (under ``torch.no_grad()``); each chunk's
+    ``[chunk, num_items]`` score block is masked (history and ``padding_item`` set to ``-inf``)
+    and reduced to its top-``k`` before the next chunk, so peak memory is about
+    ``chunk_size * num_items`` scores plus the ``[U, k]`` result, independent of ``U``. The
+    block is masked in place when ``score_fn`` returns a fresh tensor nobody else holds (e.g.
+    ``U[u] @ V.T``), and on a copy otherwise (the caller's tensors are never modified; the copy
+    doubles the block's memory).
+
+    Ties are ordered by increasing item index (the same result as a stable descending sort of
+    the full masked matrix, whatever ``chunk_size``). As long as ``score_fn`` gives each user the
+    same scores whatever chunk it is in, results are identical across chunk sizes.
+
+    Args:
+        score_fn: ``users [c] int64 -> scores [c, num_items]`` (e.g. ``lambda u: U[u] @ V.T``
+            or a RecBole model's ``full_sort_predict``, reshaped). Called on ``device`` under
+            ``torch.no_grad()``. A returned tensor the caller still references is not modified.
+        users: user ids ``[U]`` (any order; rows follow it) or an int ``n`` for ``0..n-1``.
+        num_items: number of items (score columns).
+        k: items per user; ``1 <= k <= num_items - |history_u| - (padding masked)`` for every
+            user.
+        exclude: per-user training history to mask (see :func:`as_history`); ``None`` masks
+            nothing (RD's original setting). A user with an empty history row is valid.
+        padding_item: item id always masked (RecBole's padding item 0); ``None`` masks none.
+        chunk_size: users per chunk.
+        device: where to score (default: the device of ``users``, or CPU for an int).
+        progress: show a tqdm progress bar over chunks.
+
+    Returns:
+        a :class:`TopK` with ``indices [U, k]`` (int64), ``scores [U, k]`` (the dtype of
+        ``score_fn``'s output) and ``users``; convert with ``.to_edgeset()``.
+
+    Raises:
+        ValueError: ``k`` out of range (overall or for some user given their history), user
+            ids negative or beyond the history's rows, ``chunk_size < 1``, a score block of the
+            wrong shape, NaN scores (the offending users are named), or a user whose top-``k``
+            would have to include ``-inf`` (masked) items.
+
+    Example:
+        >>> U, V = torch.randn(20, 4), torch.randn(30, 4)
+        >>> teacher_topk(lambda u: U[u] @ V.T, 20, 30, k=5).indices.shape
+        torch.Size([20, 5])
+    """
+    return _extract(score_fn, users, num_items, k, exclude=exclude, padding_item=padding_item,
+                    chunk_size=chunk_size, device=device, progress=progress, strict=True)
+
+
+def _extract(
+    score_fn: Callable[[Tensor], Tensor], users: Tensor | int, num_items: int, k: int, *,
+    exclude: HistoryLike | None, padding_item: int | None, chunk_size: int,
+    device: torch.device | str | None, progress: bool = False, strict: bool = True,
+) -> TopK:
+    """:func:`teacher_topk`; ``strict=False`` allows rows whose tail is ``-inf`` (masked)."""
+    dev = torch.device(device) if device is not None else (
+        users.device if isinstance(users, Tensor) else torch.device("cpu"))
+    users_t = _as_users(users, dev)
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be a positive int, got {k!r}.")
+    if chunk_size < 1:
+        raise ValueError(f"`chunk_size` must be >= 1, got {chunk_size}.")
+    if padding_item is not None and not 0 <= padding_item < num_items:
+        raise ValueError(
+            f"`padding_item`={padding_item} is not an item id in [0, {num_items}); pass None "
+            "to mask no padding item."
+        )
+    n_pad = 0 if padding_item is None else 1
+    if k > num_items - n_pad:
+        raise ValueError(
+            f"k={k} exceeds the {num_items - n_pad} recommendable items (num_items={num_items}"
+            + (f", padding item {padding_item} masked" if n_pad else "") + "). Lower k."
+        )
+    if int(users_t.min()) < 0:
+        raise ValueError(f"`users` contains negative ids (min {int(users_t.min())}).")
+
+    hist_ptr = hist_col = None
+    if exclude is not None:
+        hist = as_history(exclude, num_items)
+        if int(users_t.max()) >= hist.num_rows:
+            raise ValueError(
+                f"`users` has ids up to {int(users_t.max())} but the history `exclude` has only "
+                f"{hist.num_rows} user rows; pass a history covering every user (empty rows are "
+                "fine for users without interactions)."
+            )
+        hist_ptr, hist_col = hist.ptr.to(dev), hist.col.to(dev)
+        # per-user number of masked items (history without the padding item, if listed)
+        keep = torch.ones_like(hist_col, dtype=torch.long)
+        if padding_item is not None:
+            keep = (hist_col != padding_item).long()
+        row = hist.row.to(dev)
+        masked = torch.zeros(hist.num_rows, dtype=torch.long, device=dev).index_add(0, row, keep)
+        avail = num_items - n_pad - masked[users_t]
+        short = (avail < k).nonzero().squeeze(1)
+        if strict and short.numel():
+            bad = users_t[short[:5]].tolist()
+            raise ValueError(
+                f"k={k} exceeds the unobserved items of {short.numel()} user(s) (e.g. users "
+                f"{bad} have only {avail[short[:5]].tolist()} items outside their history). "
+                "Lower k or drop these users."
+            )
+
+    n = users_t.numel()
+    out_idx = torch.empty(n, k, dtype=torch.long, device=dev)
+    out_val: Tensor | None = None
+    nan_rows, inf_rows = [], []
+    starts = range(0, n, chunk_size)
+    if progress:
+        from tqdm.auto import tqdm
+
+        starts = tqdm(starts, desc="teacher top-k", unit="chunk")
+    with torch.no_grad():
+        for s in starts:
+            u = users_t[s:s + chunk_size]
+            sc = score_fn(u)
+            if not isinstance(sc, Tensor) or sc.shape != (u.numel(), num_items):
+                shape = tuple(sc.shape) if isinstance(sc, Tensor) else type(sc).__name__
+                raise ValueError(
+                    f"`score_fn` must return scores of shape [{u.numel()}, {num_items}] "
+                    f"(users x num_items) for a chunk of {u.numel()} users, got {shape}."
+                )
+            if not _owned(sc):
+                sc = sc.clone()  # never modify a tensor the caller still holds
+            if padding_item is not None:
+                sc[:, padding_item] = -torch.inf
+            if hist_ptr is not None:
+                r, c = _chunk_history(hist_ptr, hist_col, u)
+                sc[r, c] = -torch.inf
+            val, idx = _topk_deterministic(sc, k)
+            del sc
+            if out_val is None:
+                out_val = torch.empty(n, k, dtype=val.dtype, device=dev)
+            out_val[s:s + u.numel()] = val
+            out_idx[s:s + u.numel()] = idx
+            nan_rows.append(torch.isnan(val[:, 0]))  # NaN sorts first (see above)
+            inf_rows.append(val[:, -1] == -torch.inf)
+    nan = torch.cat(nan_rows)
+    if bool(nan.any()):
+        bad = users_t[nan].tolist()
+        raise ValueError(
+            f"the teacher's scores contain NaN for {len(bad)} user(s) (e.g. {bad[:5]}); check "
+            "the teacher checkpoint and score_fn."
+        )
+    inf = torch.cat(inf_rows)
+    if strict and bool(inf.any()):
+        bad = users_t[inf].tolist()
+        raise ValueError(
+            f"fewer than k={k} items with a finite score for {len(bad)} user(s) (e.g. "
+            f"{bad[:5]}): score_fn returns -inf for too many items. Lower k."
+        )
+    return TopK(out_idx, out_val, num_items, users_t)
+
+
+# ============================================================================ cache
+class CacheError(RuntimeError):
+    """A cache file that cannot be used (unreadable, incomplete, stale or corrupt)."""
+
+
+def _hash_tensor(h: Any, t: Tensor) -> None:
+    t = t.detach().to("cpu").contiguous()
+    h.update(f"{t.dtype}|{tuple(t.shape)}|".encode())
+    t = t.reshape(-1)
+    h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+
+
+def topk_fingerprint(
+    teacher: nn.Module | Mapping[str, Tensor],
+    *,
+    k: int,
+    num_items: int,
+    users: Tensor,
+    exclude: HistoryLike | None = None,
+    padding_item: int | None = 0,
+) -> str:
+    """SHA-256 hex digest identifying a top-K extraction.
+
+    Covers every tensor of the teacher's ``state_dict`` (names, dtypes, shapes, bytes), ``k``,
+    ``num_items``, the user ids, the padding item and the exclusion CSR (``ptr`` and ``col``).
+    """
+    state = teacher.state_dict() if isinstance(teacher, nn.Module) else teacher
+    h = hashlib.sha256()
+    h.update(f"graphkd-topk-v{_CACHE_VERSION}|k={k}|items={num_items}|pad={padding_item}|".encode())
+    for name in sorted(state):
+        h.update(name.encode() + b"|")
+        _hash_tensor(h, state[name])
+    h.update(b"users|")
+    _hash_tensor(h, users.long())
+    if exclude is None:
+        h.update(b"exclude=None")
+    else:
+        hist = as_history(exclude, num_items)
+        h.update(b"exclude|")
+        _hash_tensor(h, hist.ptr)
+        _hash_tensor(h, hist.col)
+    return h.hexdigest()
+
+
+def _content_checksum(state: Mapping[str, Tensor]) -> Tensor:
+    h = hashlib.sha256()
+    for name in ("indices", "scores", "users", "num_items"):
+        _hash_tensor(h, state[name])
+    return torch.frombuffer(bytearray(h.digest()), dtype=torch.uint8).clone()
+
+
+def _digest_tensor(hexdigest: str) -> Tensor:
+    return torch.frombuffer(bytearray(bytes.fromhex(hexdigest)), dtype=torch.uint8).clone()
+
+
+def save_topk(path: str | Path, topk: TopK, fingerprint: str) -> Path:
+    """Write ``topk`` with its fingerprint and a content checksum (plain tensors only).
+
+    The write goes to a temporary file first and is renamed into place, so a crash never
+    leaves a half-written cache under the final name.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu() for k, v in topk.state_dict().items()}
+    state["fingerprint"] = _digest_tensor(fingerprint)
+    state["checksum"] = _content_checksum(state)
+    state["version"] = torch.tensor(_CACHE_VERSION)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(state, tmp)
+    tmp.replace(path)
+    return path
+
+
+def load_topk(path: str | Path, fingerprint: str | None = None) -> TopK:
+    """Load a cache written by :func:`save_topk` with ``torch.load(weights_only=True)``.
+
+    Raises:
+        CacheError: the file is unreadable, misses entries, has another format version, its
+            content checksum does not match (corrupt), or its fingerprint differs from
+            ``fingerprint`` (stale: another teacher, K, user set or history).
+    """
+    path = Path(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - any failure to read means "unusable"
+        raise CacheError(f"cannot read top-K cache {path}: {type(exc).__name__}: {exc}") from exc
+    need = {"indices", "scores", "users", "num_items", "fingerprint", "checksum", "version"}
+    if not isinstance(state, dict) or need - set(state):
+        have = sorted(state) if isinstance(state, dict) else type(state).__name__
+        raise CacheError(f"top-K cache {path} is incomplete (has {have}).")
+    if int(state["version"]) != _CACHE_VERSION:
+        raise CacheError(f"top-K cache {path} has format version {int(state['version'])}.")
+    if not torch.equal(state["checksum"], _content_checksum(state)):
+        raise CacheError(f"top-K cache {path} is corrupt (content checksum mismatch).")
+    if fingerprint is not None and not torch.equal(state["fingerprint"],
+                                                   _digest_tensor(fingerprint)):
+        raise CacheError(
+            f"top-K cache {path} is stale: it was built for another teacher / k / users / "
+            "history."
+        )
+    try:
+        return TopK.from_state_dict(state)
+    except (KeyError, ValueError) as exc:
+        raise CacheError(f"top-K cache {path} is inconsistent: {exc}") from exc
+
+
+def cached_teacher_topk(
+    cache: str | Path,
+    teacher: nn.Module | Mapping[str, Tensor],
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor | int,
+    num_items: int,
+    k: int,
+    *,
+    exclude: HistoryLike | None = None,
+    padding_item: int | None = 0,
+    chunk_size: int = 1024,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> TopK:
+    """:func:`teacher_topk`, reusing a valid on-disk result and rebuilding a stale/corrupt one.
+
+    Args:
+        cache: a directory (the file is ``topk-<fingerprint[:20]>-k<k>.pt`` inside it) or a
+            ``.pt`` file path (reused only if its stored fingerprint matches).
+        teacher: the teacher module (or its ``state_dict``) whose weights key the cache.
+        score_fn, users, num_items, k, exclude, padding_item, chunk_size, device, progress:
+            as in :func:`teacher_topk`.
+
+    Returns:
+        the :class:`TopK` on ``device`` (loaded or freshly computed and saved).
+    """
+    dev = torch.device(device) if device is not None else (
+        users.device if isinstance(users, Tensor) else torch.device("cpu"))
+    users_t = _as_users(users, dev)
+    fp = topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t, exclude=exclude,
+                          padding_item=padding_item)
+    cache = Path(cache)
+    path = cache if cache.suffix == ".pt" else cache / f"topk-{fp[:20]}-k{k}.pt"
+    if path.exists():
+        try:
+            top = load_topk(path, fp)
+            log.info("loaded teacher top-%d from %s", k, path)
+            return top.to(dev)
+        except CacheError as exc:
+            log.warning("%s; recomputing.", exc)
+    top = teacher_topk(score_fn, users_t, num_items, k, exclude=exclude,
+                       padding_item=padding_item, chunk_size=chunk_size, device=dev,
+                       progress=progress)
+    save_topk(path, top, fp)
+    log.info("saved teacher top-%d to %s", k, path)
+    return top
