@@ -416,3 +416,22 @@ def test_sample_nodes():
     assert torch.equal(nodes, a)
     with pytest.raises(ValueError, match="max_samples"):
         EdgeSet.sample_nodes(5, 0)
+
+
+def test_max_degree_recorded_by_builders():
+    ei = torch.tensor([[1, 2, 3, 0, 4, 2], [0, 0, 0, 2, 2, 3]])
+    e = EdgeSet.from_edge_index(ei, 5)
+    assert e.max_degree == int(e.counts.max()) == 3
+    assert EdgeSet.dense(4, loop=False).max_degree == 3
+    assert EdgeSet.from_topk(torch.zeros(3, 2, dtype=torch.long), 3).max_degree == 2
+    x = torch.randn(12, 2)
+    a, b = EdgeSet.knn(x, 2), EdgeSet.knn(x.flip(1), 3)
+    u = EdgeSet.union(a, b)
+    assert u.max_degree == int(u.counts.max())
+    assert e.to("cpu").max_degree == 3
+    assert e.with_batch(torch.zeros(5, dtype=torch.long)).max_degree == 3
+    # padding with the recorded maximum equals padding with the computed one
+    unknown = EdgeSet(e.ptr, e.row, e.col, e.num_rows, e.num_cols)
+    assert unknown.max_degree is None
+    vals = torch.arange(6.0)
+    assert torch.equal(unknown.to_padded(vals, -1.0), e.to_padded(vals, -1.0))
