@@ -19,10 +19,17 @@ Protocol (the same for every method, so that rows of a table compare):
   forward for distilled methods, student forward/backward, optimizer step), evaluation
   excluded. The per-run value is the median over epochs (robust to a busy machine); tables
   report the mean over seeds, and the ratio to the student trained alone and to plain KD.
+* :func:`step_times` measures one training step of every method *interleaved* (round-robin on
+  the same batches), which keeps the ratios meaningful on a shared, noisy machine.
 
 Datasets and models are resolved by name through small registries (:func:`register_dataset`,
-:func:`register_model`); names not registered here are looked up in :mod:`graphkd.datasets` and
-:mod:`graphkd.models`.
+:func:`register_model`). The built-in datasets (``digits``, ``modelnet40``, ``chembl``,
+``ogbg-molhiv``) are registered by :mod:`graphkd.experiment_data` on first use; model names not
+registered here go to :func:`graphkd.models.build_model` (presets and architectures).
+
+Why not :func:`graphkd.train.fit`: the tables need the *test* metric at the best validation
+epoch for every epoch's candidate, learning-rate schedules, and an epoch time that excludes
+evaluation; this loop records exactly those (the Distiller does the distillation itself).
 """
 
 from __future__ import annotations
@@ -62,6 +69,7 @@ __all__ = [
     "train_teacher",
     "run_method",
     "run_experiment",
+    "check_methods",
     "step_times",
     "summarize",
 ]
@@ -577,6 +585,34 @@ def step_times(
             "median": {m: statistics.median(t) for m, t in times.items()}}
 
 
+def check_methods(cfg: ExperimentConfig, methods: Sequence[str], data: DataBundle) -> None:
+    """Dry run of every method before any training: build the student, and for distilled
+    methods a Distiller around an *untrained* teacher, set up on one batch (module paths,
+    widths, loss construction). Fails in seconds instead of after the teacher's training.
+
+    Raises:
+        ConfigError: naming the method and the underlying error (e.g. a wrong layer path,
+            with the valid paths listed by the Distiller).
+    """
+    device = resolve_device(cfg.device)
+    metric = _metric_for(cfg)
+    example = next(iter(_loader(data.train, cfg.student.train.batch_size, False, 0)))
+    example = example.to(device)
+    teacher = None
+    for m in methods:
+        method = cfg.methods[m]
+        try:
+            student = build_model(cfg.student.model, data).to(device)
+            if method.uses_teacher:
+                if teacher is None:
+                    teacher = build_model(cfg.teacher.model, data).to(device).eval()
+                _build_distiller(teacher, student, method, metric, example)
+        except ConfigError:
+            raise
+        except (ValueError, TypeError, RuntimeError, AttributeError) as exc:
+            raise ConfigError(f"methods.{m}: {type(exc).__name__}: {exc}") from exc
+
+
 def run_experiment(
     cfg: ExperimentConfig, methods: Sequence[str] | None = None,
     seeds: Sequence[int] | None = None, *, data: DataBundle | None = None,
@@ -606,6 +642,7 @@ def run_experiment(
     seeds = list(cfg.seeds if seeds is None else seeds)
     data = load_data(cfg.data) if data is None else data
     metric = _metric_for(cfg)
+    check_methods(cfg, methods, data)
     teacher, trec = (None, None)
     if any(cfg.methods[m].uses_teacher for m in methods):
         teacher, trec = train_teacher(cfg, data, force=force_teacher, progress=progress)
