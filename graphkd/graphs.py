@@ -28,7 +28,7 @@ Both regular and irregular paths give identical results; the tests check it.
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 from torch import Tensor
@@ -58,6 +58,9 @@ class EdgeSet:
         num_graphs: number of graphs when ``batch`` is given (else 1).
         max_degree: the largest row degree, recorded by the builders so that padding an
             irregular graph needs no device-to-host read (``None``: computed on demand).
+        block_size: ``P`` when every edge joins two nodes of the same block of ``P``
+            consecutive nodes (kNN graphs of equal-size point clouds): kernels can then use one
+            batched ``[G, P, P]`` matmul instead of an ``[E, D]`` gather.
 
     Example:
         >>> e = EdgeSet.from_edge_index(torch.tensor([[0, 1, 2], [1, 2, 0]]), num_nodes=3)
@@ -75,6 +78,7 @@ class EdgeSet:
     batch: Tensor | None = None
     num_graphs: int = 1
     max_degree: int | None = None
+    block_size: int | None = None
 
     # ------------------------------------------------------------------ properties
     # ``_row``/``_col`` set to None mean "the all-pairs edge list of a dense graph" (with the
@@ -142,13 +146,15 @@ class EdgeSet:
             None if self.batch is None else self.batch.to(device),
             self.num_graphs,
             self.max_degree,
+            self.block_size,
         )
 
     def with_batch(self, batch: Tensor | None, num_graphs: int | None = None) -> EdgeSet:
         """Return a copy whose rows carry the graph ids ``batch`` (``[R]``)."""
         if batch is None:
             return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
-                           self.degree, self.dense_loop, max_degree=self.max_degree)
+                           self.degree, self.dense_loop, max_degree=self.max_degree,
+                           block_size=self.block_size)
         if batch.shape != (self.num_rows,):
             raise ValueError(
                 f"`batch` must have shape ({self.num_rows},) (one graph id per row), "
@@ -157,7 +163,8 @@ class EdgeSet:
         if num_graphs is None:
             num_graphs = int(batch.max()) + 1 if batch.numel() else 0
         return EdgeSet(self.ptr, self._row, self._col, self.num_rows, self.num_cols,
-                       self.degree, self.dense_loop, batch, num_graphs, self.max_degree)
+                       self.degree, self.dense_loop, batch, num_graphs, self.max_degree,
+                       self.block_size)
 
     def __repr__(self) -> str:
         layout = (
@@ -294,6 +301,8 @@ class EdgeSet:
             )
         key = torch.cat([a.row * a.num_cols + a.col, b.row * b.num_cols + b.col]).unique()
         out = cls._from_sorted(key // a.num_cols, key % a.num_cols, a.num_rows, a.num_cols)
+        if a.block_size is not None and a.block_size == b.block_size:
+            out = replace(out, block_size=a.block_size)
         for g in (a, b):
             if g.batch is not None:
                 return out.with_batch(g.batch, g.num_graphs)
@@ -387,11 +396,11 @@ class EdgeSet:
         xn = torch.nn.functional.normalize(x, dim=-1, eps=1e-12) if metric == "cosine" else x
         sizes_set = {e - s for s, e in bounds}
         if len(bounds) > 1 and len(sizes_set) == 1 and chunk_size is None:
-            p = sizes_set.pop()
+            p = next(iter(sizes_set))
             if p * p <= KNN_CHUNK_ELEMENTS:  # equal-size graphs: batched GEMM + top-k
                 nbr = _knn_equal_size(xn.view(len(bounds), p, -1), k, metric, loop)
                 out = cls.from_topk(nbr.view(n, k), n)
-                return out.with_batch(batch)
+                return replace(out, block_size=p).with_batch(batch)
         cols = []
         for s, e in bounds:
             size = e - s
@@ -421,6 +430,8 @@ class EdgeSet:
                 cols.append(nbr + s)
         col = torch.cat(cols).reshape(-1) if cols else torch.zeros(0, dtype=torch.long)
         out = cls.from_topk(col.view(n, k), n)
+        if len(sizes_set) == 1:
+            out = replace(out, block_size=next(iter(sizes_set)))
         return out.with_batch(batch) if batch is not None else out
 
 

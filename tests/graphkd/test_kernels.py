@@ -200,3 +200,34 @@ def test_cosine_zero_rows_on_gathered_paths():
         assert torch.isfinite(w).all()
         torch.testing.assert_close(w, loop_reference(x, e, "cosine"))
         assert (w[e.row == 0] == 0).all() and (w[e.col == 0] == 0).all()
+
+
+@pytest.mark.parametrize("kernel", ["dot", "cosine", "poly", "rbf", "l2", "l2sq", "l1",
+                                    "gaussian_l1"])
+def test_block_path_equals_gather_path_values_and_gradients(kernel, device):
+    """kNN unions of equal-size clouds take the batched-block path; it must equal the gather."""
+    gen = torch.Generator().manual_seed(5)
+    batch = torch.arange(6).repeat_interleave(12).to(device)
+    x = (torch.randn(72, 5, generator=gen, dtype=torch.float64) + 3.0).to(device)
+    y = torch.randn(72, 4, generator=gen, dtype=torch.float64).to(device)
+    e = EdgeSet.union(EdgeSet.knn(x, 3, batch=batch), EdgeSet.knn(y, 3, batch=batch))
+    assert e.block_size == 12 and e.degree is None and e.num_graphs == 6
+    plain = dataclasses.replace(e, block_size=None)
+    xa = x.clone().requires_grad_(True)
+    xb = x.clone().requires_grad_(True)
+    w_block = edge_kernel(xa, e, kernel)
+    w_plain = edge_kernel(xb, plain, kernel)
+    torch.testing.assert_close(w_block, w_plain, rtol=1e-9, atol=1e-9)
+    wts = torch.randn(w_block.shape, generator=gen, dtype=torch.float64).to(device)
+    (w_block * wts).sum().backward()
+    (w_plain * wts).sum().backward()
+    torch.testing.assert_close(xa.grad, xb.grad, rtol=1e-8, atol=1e-9)
+
+
+def test_block_size_is_recorded_only_for_equal_blocks():
+    x = torch.randn(30, 3)
+    assert EdgeSet.knn(x, 4).block_size == 30
+    assert EdgeSet.knn(x, 4, batch=torch.arange(3).repeat_interleave(10)).block_size == 10
+    uneven = torch.tensor([0] * 12 + [1] * 18)
+    assert EdgeSet.knn(x, 4, batch=uneven).block_size is None
+    assert EdgeSet.union(EdgeSet.knn(x, 4), EdgeSet.knn(x[:, :2], 4)).block_size == 30
