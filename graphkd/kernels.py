@@ -20,7 +20,7 @@ Paths: a dense EdgeSet evaluates the full ``[R, C]`` kernel matrix with one matm
 (:func:`pairwise_kernel`) and drops the diagonal by a reshape when ``loop=False``; a graph whose
 edges stay inside blocks of ``block_size`` consecutive nodes (kNN graphs of a batch of
 equal-size point clouds, and their unions) evaluates each block's ``[P, P]`` kernel with one
-batched matmul and picks its edges, when that is cheaper than a gather (``R * P <= 4 E``); a
+batched matmul and picks its edges, when that is cheaper than a gather (``2 R P <= E D``); a
 regular one gathers ``[R, K, D]`` column features against ``[R, 1, D]`` row features; an
 irregular one gathers ``[E, D]`` on both sides.
 
@@ -176,7 +176,7 @@ def edge_kernel(
         k, params = KERNELS["dot"], {}
     p = edges.block_size
     if p is not None and x_cols is None and not edges.is_dense and (
-            x.shape[0] * p <= 4 * edges.num_edges):
+            2 * x.shape[0] * p <= edges.num_edges * x.shape[1]):
         # Block path (batches of equal-size point clouds): all pairs inside each block with
         # one batched matmul, then pick the E edges, instead of gathering [E, D] features.
         xb = x.view(-1, p, x.shape[1])
