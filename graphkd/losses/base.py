@@ -11,10 +11,12 @@ from typing import ClassVar
 
 from torch import Tensor, nn
 
+from graphkd.registry import Registry
+
 __all__ = ["DistillLoss", "LOSSES", "register", "get_loss", "loss_names"]
 
 #: name -> loss class; filled by :func:`register`.
-LOSSES: dict[str, type[DistillLoss]] = {}
+LOSSES: Registry[type[DistillLoss]] = Registry("distillation method")
 
 
 class DistillLoss(nn.Module):
@@ -49,22 +51,8 @@ class DistillLoss(nn.Module):
         raise NotImplementedError
 
 
-def register(name: str):
-    """Class decorator: register a :class:`DistillLoss` subclass under ``name``."""
-
-    def deco(cls: type[DistillLoss]) -> type[DistillLoss]:
-        if name in LOSSES and LOSSES[name] is not cls:
-            raise ValueError(f"a loss named {name!r} is already registered ({LOSSES[name]}).")
-        cls.name = name
-        LOSSES[name] = cls
-        return cls
-
-    return deco
-
-
-def loss_names() -> list[str]:
-    """Sorted names of all registered losses."""
-    return sorted(LOSSES)
+register = LOSSES.register
+loss_names = LOSSES.names
 
 
 def get_loss(
@@ -88,11 +76,7 @@ def get_loss(
         return method
     if not isinstance(method, str):
         raise TypeError(f"method must be a name or a DistillLoss, got {type(method).__name__}.")
-    key = method.lower().replace("-", "").replace("_", "")
-    matches = [n for n in LOSSES if n.replace("_", "") == key]
-    if not matches:
-        raise ValueError(f"unknown distillation method {method!r}; valid names: {loss_names()}.")
-    cls = LOSSES[matches[0]]
+    cls = LOSSES.get(method)
     if cls.needs_dims:
         if student_dim is None or teacher_dim is None:
             raise ValueError(

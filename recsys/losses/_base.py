@@ -15,6 +15,7 @@ from torch import Tensor, nn
 
 from graphkd._checks import check_finite
 from graphkd.graphs import EdgeSet
+from graphkd.registry import Registry
 
 __all__ = [
     "RankingLoss",
@@ -29,7 +30,7 @@ __all__ = [
 ]
 
 #: name -> loss class; filled by :func:`register`.
-RANKING_LOSSES: dict[str, type[RankingLoss]] = {}
+RANKING_LOSSES: Registry[type[RankingLoss]] = Registry("ranking-distillation method")
 
 #: reductions over users (rows) accepted by every ranking loss.
 ROW_REDUCTIONS = ("sum", "mean", "none")
@@ -49,22 +50,8 @@ class RankingLoss(nn.Module):
         """Hook called at the start of every epoch (0-based ``epoch`` of ``num_epochs``)."""
 
 
-def register(name: str):
-    """Class decorator: register a :class:`RankingLoss` subclass under ``name``."""
-
-    def deco(cls: type[RankingLoss]) -> type[RankingLoss]:
-        if name in RANKING_LOSSES and RANKING_LOSSES[name] is not cls:
-            raise ValueError(f"a ranking loss named {name!r} is already registered.")
-        cls.name = name
-        RANKING_LOSSES[name] = cls
-        return cls
-
-    return deco
-
-
-def ranking_loss_names() -> list[str]:
-    """Sorted names of the registered ranking losses."""
-    return sorted(RANKING_LOSSES)
+register = RANKING_LOSSES.register
+ranking_loss_names = RANKING_LOSSES.names
 
 
 def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:
@@ -78,12 +65,7 @@ def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:
         if kwargs:
             raise ValueError("hyperparameters go to the constructor when passing an instance.")
         return method
-    key = str(method).lower()
-    if key not in RANKING_LOSSES:
-        raise ValueError(
-            f"unknown ranking-distillation method {method!r}; valid: {ranking_loss_names()}."
-        )
-    return RANKING_LOSSES[key](**kwargs)
+    return RANKING_LOSSES.get(method)(**kwargs)
 
 
 def list_graph(num_rows: int, k: int, device: torch.device | str) -> EdgeSet:

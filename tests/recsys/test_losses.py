@@ -314,7 +314,7 @@ def test_registry():
     m = get_ranking_loss("RRD", k=10, l=5)
     assert isinstance(m, RRD) and m.k == 10 and isinstance(m, RankingLoss)
     assert get_ranking_loss(m) is m
-    with pytest.raises(ValueError, match="valid:.*rrd"):
+    with pytest.raises(ValueError, match="valid names:.*rrd"):
         get_ranking_loss("rrdd")
     with pytest.raises(ValueError, match="constructor"):
         get_ranking_loss(m, k=3)

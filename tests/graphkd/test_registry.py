@@ -1,0 +1,39 @@
+"""The shared name registry behind losses, ranking losses and RecBole method adapters."""
+
+from __future__ import annotations
+
+import pytest
+
+from graphkd.registry import Registry
+
+
+def test_register_lookup_and_mapping_views():
+    reg: Registry = Registry("widget")
+
+    @reg.register("de_rrd")
+    class A:
+        pass
+
+    @reg.register("lsp")
+    class B:
+        pass
+
+    assert A.name == "de_rrd" and B.name == "lsp"
+    assert reg.get("DE-RRD") is A and reg.get("derrd") is A and reg.get("LSP") is B
+    assert reg.names() == ["de_rrd", "lsp"] and len(reg) == 2 and "lsp" in reg
+    assert dict(reg.items()) == {"de_rrd": A, "lsp": B}
+    assert reg.get("nope", default=B) is B
+
+
+def test_unknown_name_lists_valid_ones_and_duplicates_are_refused():
+    reg: Registry = Registry("gadget")
+
+    @reg.register("one")
+    class One:
+        pass
+
+    with pytest.raises(ValueError, match=r"unknown gadget 'two'; valid names: \['one'\]"):
+        reg.get("two")
+    with pytest.raises(ValueError, match="already registered"):
+        reg.register("ONE")(type("Other", (), {}))
+    assert reg.register("one")(One) is One  # re-registering the same class is harmless
