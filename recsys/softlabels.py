@@ -39,13 +39,16 @@ Example:
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import Tensor, nn
 
@@ -62,6 +65,10 @@ __all__ = [
     "load_topk",
     "cached_teacher_topk",
     "CacheError",
+    "IncompleteTopKError",
+    "rank_user_range",
+    "teacher_topk_to_disk",
+    "load_topk_mmap",
 ]
 
 log = logging.getLogger(__name__)
@@ -595,3 +602,311 @@ def cached_teacher_topk(
     save_topk(path, top, fp)
     log.info("saved teacher top-%d to %s", k, path)
     return top
+
+
+
+# ============================================================================ sharded, on disk
+class IncompleteTopKError(CacheError):
+    """An on-disk top-K (:func:`teacher_topk_to_disk`) that is missing rows or is inconsistent."""
+
+
+_DISK_FORMAT = "graphkd-topk-mmap"
+_DISK_VERSION = 1
+_DISK_DTYPES: dict[torch.dtype, str] = {
+    torch.float16: "float16", torch.float32: "float32", torch.float64: "float64",
+}
+_LAYOUT = "layout.json"
+_FILES = {"indices": "indices.int64", "scores": "scores.bin", "users": "users.int64"}
+
+
+def rank_user_range(num_users: int, rank: int, world_size: int) -> tuple[int, int]:
+    """Rows ``[start, stop)`` of ``num_users`` that rank ``rank`` of ``world_size`` computes.
+
+    Contiguous, disjoint, covering ``0..num_users`` and balanced (sizes differ by at most one:
+    the first ``num_users % world_size`` ranks get one more row). A rank may get an empty range
+    when ``world_size > num_users``.
+
+    Example:
+        >>> [rank_user_range(10, r, 3) for r in range(3)]
+        [(0, 4), (4, 7), (7, 10)]
+    """
+    if world_size < 1 or not 0 <= rank < world_size:
+        raise ValueError(f"need 0 <= rank < world_size, got rank={rank}, world_size={world_size}.")
+    if num_users < 0:
+        raise ValueError(f"`num_users` must be >= 0, got {num_users}.")
+    base, extra = divmod(num_users, world_size)
+    start = rank * base + min(rank, extra)
+    return start, start + base + (1 if rank < extra else 0)
+
+
+def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
+    """Atomic JSON write (temporary file unique to this process, then rename)."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    tmp.replace(path)
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    try:
+        with open(path) as f:
+            obj = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise IncompleteTopKError(f"cannot read {path}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise IncompleteTopKError(f"{path} is not a JSON object.")
+    return obj
+
+
+def _marker_name(start: int, stop: int) -> str:
+    return f"done-{start:012d}-{stop:012d}.json"
+
+
+def _file_bytes(layout: Mapping[str, Any]) -> dict[str, int]:
+    n, k = int(layout["num_users"]), int(layout["k"])
+    item = np.dtype(layout["scores_dtype"]).itemsize
+    return {"indices": n * k * 8, "scores": n * k * item, "users": n * 8}
+
+
+def _allocate(path: Path, name: str, nbytes: int, reset: bool) -> None:
+    """Create or extend ``path/name`` to ``nbytes`` without touching existing content."""
+    fd = os.open(path / name, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if reset else 0), 0o644)
+    try:
+        size = os.fstat(fd).st_size
+        if size not in (0, nbytes):
+            raise ValueError(
+                f"{path / name} has {size} bytes but this extraction needs {nbytes}: the "
+                "directory holds another extraction. Use a fresh directory (e.g. named by the "
+                "fingerprint), or run once with user_range=None to overwrite it."
+            )
+        if size != nbytes:
+            os.ftruncate(fd, nbytes)  # sparse: no disk blocks until written
+    finally:
+        os.close(fd)
+
+
+def _memmap(path: Path, layout: Mapping[str, Any], key: str, mode: str) -> np.memmap:
+    n, k = int(layout["num_users"]), int(layout["k"])
+    dtype = np.dtype(layout["scores_dtype"]) if key == "scores" else np.dtype(np.int64)
+    shape = (n,) if key == "users" else (n, k)
+    if n == 0 or k == 0:
+        raise IncompleteTopKError(f"{path} describes an empty top-K ({n} users, k={k}).")
+    return np.memmap(path / _FILES[key], dtype=dtype, mode=mode, shape=shape)
+
+
+def teacher_topk_to_disk(
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor | int,
+    num_items: int,
+    k: int,
+    path: str | Path,
+    *,
+    exclude: HistoryLike | None = None,
+    padding_item: int | None = 0,
+    chunk_size: int = 1024,
+    shard_users: int = 65536,
+    user_range: tuple[int, int] | None = None,
+    scores_dtype: torch.dtype = torch.float32,
+    fingerprint: str | None = None,
+    device: torch.device | str | None = None,
+    progress: bool = False,
+) -> Path:
+    r""":func:`teacher_topk` written shard by shard into memory-mapped files under ``path``.
+
+    For soft labels that do not fit in memory (``U * K * 12`` bytes for int64 ids and float32
+    scores: 11 GiB for 9.4M users at K = 100). ``path`` is a directory holding
+
+    - ``indices.int64`` (``[U, K]`` int64), ``scores.bin`` (``[U, K]`` ``scores_dtype``) and
+      ``users.int64`` (``[U]``): raw C-order arrays, pre-allocated at their final size;
+    - ``layout.json``: format, version, ``num_users``, ``k``, ``num_items``, ``scores_dtype``,
+      ``padding_item``, ``fingerprint`` (written when the files are allocated);
+    - one completion marker ``done-<start>-<stop>.json`` per finished row range, holding the
+      same header plus the range. It is written last, after the range's rows are flushed
+      (``msync``) to the files, so a crashed or unfinished writer leaves no marker and
+      :func:`load_topk_mmap` reports the file as incomplete.
+
+    Rows are computed ``shard_users`` at a time, each shard with :func:`teacher_topk`'s chunked
+    extraction (``chunk_size`` users per score block) and copied into the map, so peak memory is
+    one ``[chunk_size, num_items]`` score block plus one ``[shard_users, K]`` shard, whatever
+    ``U``. Results equal ``teacher_topk(...)`` row for row (the same deterministic tie order);
+    scores are cast to ``scores_dtype``.
+
+    Several processes (ranks) fill one directory: every rank passes the same ``users``,
+    ``num_items``, ``k``, ``exclude``, ``padding_item``, ``scores_dtype`` and ``fingerprint`` and
+    its own rows, ``user_range=rank_user_range(num_users, rank, world_size)``. The files are only
+    extended, never truncated, by a rank, so ranks may start in any order and write disjoint
+    slices concurrently (a shared filesystem with coherent ``mmap`` writes is assumed); the
+    reader checks that the union of the markers covers every row. No collective communication
+    is needed: a rank may wait for the others with ``torch.distributed.barrier()`` before
+    loading, or simply retry :func:`load_topk_mmap`.
+
+    Args:
+        score_fn, users, num_items, k, exclude, padding_item, chunk_size, device, progress: as
+            in :func:`teacher_topk` (``progress`` shows a bar over shards).
+        path: output directory (created if needed).
+        shard_users: users per shard (rows held in memory before they are written).
+        user_range: rows ``(start, stop)`` of ``users`` this call computes (``0 <= start <=
+            stop <= U``); ``None``: all rows, after discarding whatever ``path`` held.
+        scores_dtype: stored score dtype (float16, float32 or float64).
+        fingerprint: e.g. :func:`topk_fingerprint`'s digest; stored in the header and checked
+            by :func:`load_topk_mmap` (``None``: stored as ``null``).
+
+    Returns:
+        ``path`` (read it with :func:`load_topk_mmap` once every range is done).
+
+    Raises:
+        ValueError: bad ``user_range`` / ``shard_users`` / ``scores_dtype``, a directory holding
+            another extraction (other shape, dtype, K or fingerprint), or any error of
+            :func:`teacher_topk` (raised before this range's marker is written).
+
+    Example:
+        >>> import tempfile
+        >>> U, V = torch.randn(100, 8), torch.randn(50, 8)
+        >>> d = tempfile.mkdtemp()
+        >>> for r in range(2):  # two ranks, run one after the other here
+        ...     _ = teacher_topk_to_disk(lambda u: U[u] @ V.T, 100, 50, 5, d,
+        ...                              user_range=rank_user_range(100, r, 2))
+        >>> load_topk_mmap(d).indices.shape
+        torch.Size([100, 5])
+    """
+    dev = torch.device(device) if device is not None else (
+        users.device if isinstance(users, Tensor) else torch.device("cpu"))
+    users_t = _as_users(users, dev)
+    n = users_t.numel()
+    if not isinstance(k, int) or k < 1:
+        raise ValueError(f"`k` must be a positive int, got {k!r}.")
+    if shard_users < 1:
+        raise ValueError(f"`shard_users` must be >= 1, got {shard_users}.")
+    if scores_dtype not in _DISK_DTYPES:
+        raise ValueError(
+            f"`scores_dtype` must be one of {sorted(map(str, _DISK_DTYPES))}, got {scores_dtype}."
+        )
+    start, stop = (0, n) if user_range is None else (int(user_range[0]), int(user_range[1]))
+    if not 0 <= start <= stop <= n:
+        raise ValueError(f"`user_range`={user_range} must satisfy 0 <= start <= stop <= {n}.")
+    if exclude is not None:
+        exclude = as_history(exclude, num_items)  # normalise once, not once per shard
+
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    layout: dict[str, Any] = {
+        "format": _DISK_FORMAT, "version": _DISK_VERSION, "num_users": n, "k": k,
+        "num_items": num_items, "scores_dtype": _DISK_DTYPES[scores_dtype],
+        "padding_item": padding_item, "fingerprint": fingerprint,
+    }
+    reset = user_range is None
+    if reset:
+        for marker in path.glob("done-*.json"):
+            marker.unlink()
+    elif (path / _LAYOUT).exists() and _read_json(path / _LAYOUT) != layout:
+        raise ValueError(
+            f"{path} holds another extraction ({_read_json(path / _LAYOUT)}); this one is "
+            f"{layout}. Use a fresh directory or run once with user_range=None to overwrite it."
+        )
+    (path / _marker_name(start, stop)).unlink(missing_ok=True)
+    for key, nbytes in _file_bytes(layout).items():
+        _allocate(path, _FILES[key], nbytes, reset)
+    _write_json(path / _LAYOUT, layout)
+
+    maps = {key: _memmap(path, layout, key, "r+") for key in _FILES}
+    shards = range(start, stop, shard_users)
+    if progress:
+        from tqdm.auto import tqdm
+
+        shards = tqdm(shards, desc="teacher top-k (to disk)", unit="shard")
+    for s in shards:
+        e = min(s + shard_users, stop)
+        top = _extract(score_fn, users_t[s:e], num_items, k, exclude=exclude,
+                       padding_item=padding_item, chunk_size=chunk_size, device=dev)
+        maps["indices"][s:e] = top.indices.cpu().numpy()
+        maps["scores"][s:e] = top.scores.to("cpu", scores_dtype).numpy()
+        maps["users"][s:e] = top.users.cpu().numpy()
+        del top
+        for mm in maps.values():
+            mm.flush()  # bound dirty pages to one shard
+    for mm in maps.values():
+        mm.flush()
+    del maps
+    _write_json(path / _marker_name(start, stop), {**layout, "start": start, "stop": stop})
+    return path
+
+
+def _covered(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
+    """Gaps ``[a, b)`` of ``0..n`` not covered by ``ranges``."""
+    gaps, pos = [], 0
+    for a, b in sorted(ranges):
+        if a > pos:
+            gaps.append((pos, a))
+        pos = max(pos, b)
+    if pos < n:
+        gaps.append((pos, n))
+    return gaps
+
+
+def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
+    """Map a top-K written by :func:`teacher_topk_to_disk`, zero-copy.
+
+    ``indices``, ``scores`` and ``users`` are CPU tensors viewing copy-on-write memory maps of
+    the files (``numpy.memmap(mode="c")`` + ``torch.from_numpy``): nothing is read until a row
+    is touched, only touched pages occupy memory (and the OS may evict them), and in-place
+    changes to the tensors stay private to the process (the files are never modified). Index
+    rows as usual (``top.indices[batch_users]`` copies just those rows), or move the whole
+    thing with ``top.to(device)`` if it fits there.
+
+    Args:
+        path: the directory given to :func:`teacher_topk_to_disk`.
+        fingerprint: if given, must equal the stored one (else the file is stale).
+
+    Returns:
+        a :class:`TopK` over all ``U`` rows.
+
+    Raises:
+        IncompleteTopKError: no/unreadable header, another format/version, a file of the wrong
+            size, markers that disagree with the header, rows no completion marker covers (a
+            rank that has not finished or crashed: the missing ranges are named), or a
+            fingerprint mismatch.
+    """
+    path = Path(path)
+    if not (path / _LAYOUT).is_file():
+        raise IncompleteTopKError(
+            f"{path} has no {_LAYOUT}: not a teacher_topk_to_disk output, or never started.")
+    layout = _read_json(path / _LAYOUT)
+    if layout.get("format") != _DISK_FORMAT or layout.get("version") != _DISK_VERSION:
+        raise IncompleteTopKError(
+            f"{path / _LAYOUT} has format {layout.get('format')!r} version "
+            f"{layout.get('version')!r}; expected {_DISK_FORMAT!r} version {_DISK_VERSION}."
+        )
+    try:
+        sizes = _file_bytes(layout)
+        n = int(layout["num_users"])
+    except (KeyError, TypeError, ValueError) as exc:
+        raise IncompleteTopKError(f"{path / _LAYOUT} is corrupt: {exc!r}") from exc
+    ranges = []
+    for marker in sorted(path.glob("done-*.json")):
+        info = _read_json(marker)
+        if {key: info.get(key) for key in layout} != layout:
+            raise IncompleteTopKError(
+                f"completion marker {marker} belongs to another extraction than {path / _LAYOUT}"
+                " (stale marker from an earlier run?). Recompute into a fresh directory."
+            )
+        ranges.append((int(info["start"]), int(info["stop"])))
+    gaps = _covered(ranges, n)
+    if gaps:
+        raise IncompleteTopKError(
+            f"top-K in {path} is incomplete: rows {gaps[:5]} (of {n}) have no completion marker "
+            "(a rank has not finished, or crashed); rerun teacher_topk_to_disk for them."
+        )
+    for key, nbytes in sizes.items():
+        f = path / _FILES[key]
+        size = f.stat().st_size if f.is_file() else None
+        if size != nbytes:
+            raise IncompleteTopKError(f"{f} has {size} bytes, expected {nbytes}.")
+    if fingerprint is not None and layout["fingerprint"] != fingerprint:
+        raise IncompleteTopKError(
+            f"top-K in {path} is stale: it was built for another teacher / k / users / history."
+        )
+    ind, sc, us = (torch.from_numpy(_memmap(path, layout, key, "c")) for key in
+                   ("indices", "scores", "users"))
+    return TopK(ind, sc, int(layout["num_items"]), us)
