@@ -12,12 +12,20 @@ Any config entry can be overridden with ``--set key.path=value`` (value parsed a
 ``--set student.train.epochs=2 --set seeds=[0]``. Results go to ``<output_dir>/<name>/``:
 the cached teacher checkpoint, ``results.json`` (raw per-seed values), ``report.md`` and
 ``report.png``.
+
+Several processes: ``graphkd distill --nproc N ...`` (or ``torchrun --nproc-per-node N -m
+graphkd.cli distill ...``) trains every student with DistributedDataParallel, relation methods
+on the global batch (:mod:`graphkd.distributed`; gloo on CPU, NCCL with one GPU per process).
+``student.train.batch_size`` stays the *global* batch (``batch_size / N`` samples per process and
+step; it must divide). The teacher is trained once (in the launching process, or on rank 0 under
+torchrun) and loaded, frozen, by every process; only rank 0 prints and writes files.
 """
 
 from __future__ import annotations
 
 import argparse
 import logging
+import os
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -58,6 +66,7 @@ def _print_table(results: dict) -> None:
 
 def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | None,
                     args: argparse.Namespace) -> int:
+    from graphkd import distributed as gd
     from graphkd.experiment import run_dir, run_experiment
     from graphkd.report import write_report
 
@@ -65,6 +74,8 @@ def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | N
     t0 = time.perf_counter()
 
     def save(partial: dict) -> None:  # keep partial results if a long run is interrupted
+        if not gd.is_main_process():
+            return
         out.mkdir(parents=True, exist_ok=True)
         write_report(partial, out, plot=False)
         if not args.quiet:
@@ -82,6 +93,8 @@ def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | N
     results = run_experiment(cfg, methods, seeds, progress=not args.quiet, on_record=save,
                              force_teacher=getattr(args, "force_teacher", False))
     results["total_time_s"] = round(time.perf_counter() - t0, 1)
+    if not gd.is_main_process():  # other ranks trained their shards; rank 0 reports
+        return 0
     paths = write_report(results, out, plot=not args.no_plot)
     _print_table(results)
     print(f"\nwrote {', '.join(str(p) for p in paths.values())} "
@@ -102,9 +115,61 @@ def cmd_train_teacher(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_distill(args: argparse.Namespace) -> int:
-    """Train the student with each requested method (teacher trained or loaded first)."""
-    cfg = _load(args)
+def _env_world() -> int:
+    """``WORLD_SIZE`` set by torchrun (1 when unset)."""
+    return int(os.environ.get("WORLD_SIZE", "1") or 1)
+
+
+def _distill_rank(args: argparse.Namespace) -> int:
+    """One process of ``--nproc N`` / torchrun (module level, so ``spawn`` can pickle it)."""
+    from graphkd import distributed as gd
+
+    if not gd.is_main_process():
+        args.quiet, args.no_plot = True, True
+    return _run_and_report(_load(args), args.method or None, args.seeds, args)
+
+
+def _run_distributed(cfg, args: argparse.Namespace) -> int:
+    """Run :func:`_distill_rank` in ``--nproc`` spawned processes or in this torchrun process.
+
+    Spawning: the launching process first checks the methods and trains (or loads) the teacher,
+    so that every rank finds it cached. Under torchrun rank 0 does it while the others wait.
+    """
+    from graphkd.config import ConfigError
+    from graphkd.distributed import launch
+    from graphkd.experiment import resolve_device
+
+    world = _env_world()
+    if world > 1 and args.nproc not in (1, world):
+        raise ConfigError(f"--nproc {args.nproc} but torchrun started WORLD_SIZE={world} "
+                          "processes; drop --nproc under torchrun.")
+    nproc = max(args.nproc, world)
+    device = resolve_device(cfg.device)
+    if device.type == "cuda" and world <= 1 and nproc > _cuda_count():
+        raise ConfigError(f"--nproc {nproc} needs one GPU per process; "
+                          f"{_cuda_count()} visible.")
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    if world <= 1:
+        from graphkd.experiment import check_methods, load_data, train_teacher
+
+        methods = args.method or list(cfg.methods)
+        if any(cfg.methods[m].uses_teacher for m in methods):
+            data = load_data(cfg.data)
+            check_methods(cfg, methods, data)
+            train_teacher(cfg, data, force=args.force_teacher, progress=not args.quiet)
+            args.force_teacher = False  # trained here; the ranks load the checkpoint
+    launch(_distill_rank, nproc, args, backend=backend)
+    return 0
+
+
+def _cuda_count() -> int:
+    """Number of visible CUDA devices."""
+    import torch
+
+    return torch.cuda.device_count()
+
+
+def _check_methods_exist(cfg, args: argparse.Namespace) -> None:
     methods = args.method or None
     if methods:
         missing = [m for m in methods if m not in cfg.methods]
@@ -113,7 +178,23 @@ def cmd_distill(args: argparse.Namespace) -> int:
 
             raise ConfigError(f"method(s) {missing} not in {args.config}; it defines "
                               f"{list(cfg.methods)} (add an entry under `methods:`).")
-    return _run_and_report(cfg, methods, args.seeds, args)
+    if getattr(args, "nproc", 1) < 1:
+        from graphkd.config import ConfigError
+
+        raise ConfigError(f"--nproc must be >= 1, got {args.nproc}.")
+
+
+def cmd_distill(args: argparse.Namespace) -> int:
+    """Train the student with each requested method (teacher trained or loaded first).
+
+    With ``--nproc N > 1`` or under torchrun, every student trains with DDP over the processes
+    (see the module docstring).
+    """
+    cfg = _load(args)
+    _check_methods_exist(cfg, args)
+    if args.nproc > 1 or _env_world() > 1:
+        return _run_distributed(cfg, args)
+    return _run_and_report(cfg, args.method or None, args.seeds, args)
 
 
 def cmd_quickstart(args: argparse.Namespace) -> int:
@@ -121,10 +202,14 @@ def cmd_quickstart(args: argparse.Namespace) -> int:
     if args.config is None:
         args.config = QUICKSTART_CONFIG
     cfg = _load(args)
-    print(f"graphkd quickstart: {cfg.name} ({cfg.data.name}), teacher "
-          f"{cfg.teacher.model.preset}, student {cfg.student.model.preset}, methods "
-          f"{list(cfg.methods)}, seeds {cfg.seeds}; output {cfg.output_dir}/{cfg.name}/",
-          flush=True)
+    _check_methods_exist(cfg, args)
+    if int(os.environ.get("RANK", "0") or 0) == 0:
+        print(f"graphkd quickstart: {cfg.name} ({cfg.data.name}), teacher "
+              f"{cfg.teacher.model.preset}, student {cfg.student.model.preset}, methods "
+              f"{list(cfg.methods)}, seeds {cfg.seeds}; output {cfg.output_dir}/{cfg.name}/",
+              flush=True)
+    if args.nproc > 1 or _env_world() > 1:
+        return _run_distributed(cfg, args)
     return _run_and_report(cfg, args.method or None, args.seeds, args)
 
 
@@ -191,6 +276,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="student seeds (default: the config's)")
         p.add_argument("--no-plot", action="store_true", help="skip the matplotlib plot")
         p.add_argument("--force-teacher", action="store_true", help="retrain the teacher")
+        p.add_argument("--nproc", type=int, default=1,
+                       help="training processes (DistributedDataParallel; gloo on CPU, NCCL "
+                            "with one GPU per process); batch_size stays the global batch. "
+                            "Under torchrun, leave it at 1.")
         p.set_defaults(func=func)
 
     p = sub.add_parser("report", help="regenerate report.md/.png from results.json")

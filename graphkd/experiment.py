@@ -27,6 +27,18 @@ Datasets and models are resolved by name through small registries (:func:`regist
 ``ogbg-molhiv``) are registered by :mod:`graphkd.experiment_data` on first use; model names not
 registered here go to :func:`graphkd.models.build_model` (presets and architectures).
 
+**Several processes** (``graphkd distill --nproc N``, ``torchrun``, or any caller that
+initialised ``torch.distributed`` with more than one process): :func:`run_experiment` trains every
+student with DistributedDataParallel (relation methods on the global batch, see
+:mod:`graphkd.distributed`). ``student.train.batch_size`` stays the **global** batch: each of the
+``W`` ranks loads ``batch_size / W`` samples per step (it must divide), from its shard of the
+epoch (``DistributedSampler(shuffle=True, drop_last=True)``, seeded by the run's seed), so that
+DDP's gradient average equals one process's gradient on the same global batch. Rank 0 trains
+(or loads) the teacher first, the others wait at a barrier and load the cached checkpoint (a
+frozen replica per rank); validation and test run on rank 0 and their values are broadcast, so
+every rank selects the same epoch; the loss logs are averaged over ranks. Only rank 0's results
+should be reported (the CLI writes files and prints on rank 0 only). Epoch times are rank 0's.
+
 Why not :func:`graphkd.train.fit`: the tables need the *test* metric at the best validation
 epoch for every epoch's candidate, learning-rate schedules, and an epoch time that excludes
 evaluation; this loop records exactly those (the Distiller does the distillation itself).
@@ -46,6 +58,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from graphkd import distributed as gd
 from graphkd.config import (
     ConfigError,
     DataConfig,
@@ -235,6 +248,33 @@ def _loader(dataset: Sequence[Any], batch_size: int, shuffle: bool, seed: int,
                       num_workers=num_workers)
 
 
+def _train_loader(dataset: Sequence[Any], batch_size: int, seed: int, num_workers: int = 0,
+                  distributed: bool = False):
+    """The shuffled training loader; under ``distributed`` this rank's shard of every epoch.
+
+    Sharded: ``DistributedSampler(shuffle=True, seed=seed, drop_last=True)`` (every rank gets the
+    same number of samples, so DDP's gradient average is exact) and ``batch_size / W`` samples
+    per rank and step, i.e. ``batch_size`` stays the global batch. Call
+    ``loader.sampler.set_epoch(epoch)`` before each epoch.
+
+    Raises:
+        ConfigError: ``batch_size`` is not a multiple of the number of processes.
+    """
+    if not distributed:
+        return _loader(dataset, batch_size, True, seed, num_workers)
+    from torch.utils.data.distributed import DistributedSampler
+    from torch_geometric.loader import DataLoader
+
+    w = gd.world_size()
+    if batch_size % w:
+        raise ConfigError(f"train.batch_size={batch_size} is the global batch and must be a "
+                          f"multiple of the number of processes ({w}).")
+    sampler = DistributedSampler(dataset, num_replicas=w, rank=gd.rank(), shuffle=True,
+                                 seed=seed, drop_last=True)
+    return DataLoader(dataset, batch_size=batch_size // w, sampler=sampler,
+                      num_workers=num_workers)
+
+
 def _optimizer(params, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
     o = cfg.optimizer
     params = [p for p in params if p.requires_grad]
@@ -283,16 +323,24 @@ StepFn = Callable[[Any], dict[str, Tensor]]
 def fit(
     module: nn.Module, step: StepFn, eval_model: nn.Module, data: DataBundle, cfg: TrainConfig,
     metric: Metric, device: torch.device, *, seed: int, num_workers: int = 0,
-    progress: bool = False, desc: str = "",
+    progress: bool = False, desc: str = "", distributed: bool = False,
 ) -> dict[str, Any]:
     """Train ``module`` with ``step(batch) -> {name: loss}`` and evaluate ``eval_model`` per epoch.
+
+    With ``distributed=True`` (``torch.distributed`` initialised; ``step`` must run the model
+    through DistributedDataParallel, see :func:`_make_student`) every rank trains on its shard of
+    each epoch (:func:`_train_loader`, ``cfg.batch_size`` is the global batch), validation and
+    test run on rank 0 only and their values are broadcast (every rank selects the same epoch),
+    and the per-epoch loss means are averaged over ranks.
 
     Returns:
         ``{"val": [...], "test": [...], "epoch_time": [...], "losses": [{name: mean}...],
         "best_epoch": i, "best_val": v, "test_at_best": t, "epoch_time_median": s,
         "state_dict": best eval_model state}``.
     """
-    train_loader = _loader(data.train, cfg.batch_size, True, seed, num_workers)
+    distributed = distributed and gd.is_distributed()
+    main = gd.is_main_process()
+    train_loader = _train_loader(data.train, cfg.batch_size, seed, num_workers, distributed)
     ebs = cfg.eval_batch_size or cfg.batch_size
     val_loader = _loader(data.val, ebs, False, seed, num_workers)
     test_loader = _loader(data.test, ebs, False, seed, num_workers)
@@ -304,7 +352,9 @@ def fit(
         from tqdm.auto import tqdm
 
         epochs = tqdm(epochs, desc=desc, leave=False)
-    for _ in epochs:
+    for epoch in epochs:
+        if distributed:
+            train_loader.sampler.set_epoch(epoch)
         module.train()
         sums: dict[str, float] = {}
         n = 0
@@ -331,10 +381,16 @@ def fit(
         hist["epoch_time"].append(time.perf_counter() - t0)
         if sched is not None:
             sched.step()
-        hist["losses"].append({k: v / max(n, 1) for k, v in sums.items()})
-        v = evaluate(eval_model, val_loader, metric, device)
+        means = {k: v / max(n, 1) for k, v in sums.items()}
+        if distributed:
+            v, t = _rank0_eval(eval_model, val_loader, test_loader, metric, device, main)
+            means = _mean_over_ranks(means, device)
+        else:
+            v = evaluate(eval_model, val_loader, metric, device)
+            t = evaluate(eval_model, test_loader, metric, device)
+        hist["losses"].append(means)
         hist["val"].append(v)
-        hist["test"].append(evaluate(eval_model, test_loader, metric, device))
+        hist["test"].append(t)
         if math.isfinite(v) and (best_val is None or
                                  (v > best_val if metric.higher_is_better else v < best_val)):
             best_val = v
@@ -346,6 +402,38 @@ def fit(
                 epoch_time_median=statistics.median(hist["epoch_time"]),
                 state_dict=best_state)
     return hist
+
+
+def _rank0_eval(model: nn.Module, val_loader, test_loader, metric: Metric, device: torch.device,
+                main: bool) -> tuple[float, float]:
+    """Validation and test metrics measured on rank 0 and broadcast to every rank."""
+    import torch.distributed as dist
+
+    vals = [float("nan"), float("nan")]
+    if main:
+        vals = [evaluate(model, val_loader, metric, device),
+                evaluate(model, test_loader, metric, device)]
+    buf = torch.tensor(vals, dtype=torch.float64, device=device)
+    dist.broadcast(buf, 0)
+    return float(buf[0]), float(buf[1])
+
+
+def _mean_over_ranks(means: dict[str, float], device: torch.device) -> dict[str, float]:
+    """Average per-rank loss means over ranks (equal local batch counts under drop_last)."""
+    import torch.distributed as dist
+
+    keys = sorted(means)
+    buf = torch.tensor([means[k] for k in keys], dtype=torch.float64, device=device)
+    dist.all_reduce(buf)
+    buf /= gd.world_size()
+    return {k: float(buf[i]) for i, k in enumerate(keys)}
+
+
+def _ddp(model: nn.Module, device: torch.device, **kwargs: Any) -> nn.Module:
+    """``DistributedDataParallel(model)`` (``device_ids`` set on CUDA)."""
+    if device.type == "cuda":
+        kwargs.setdefault("device_ids", [device])
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
 
 
 def _metric_for(cfg: ExperimentConfig) -> Metric:
@@ -472,9 +560,15 @@ def _pretrain(distiller: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
 
 def _make_student(
     cfg: ExperimentConfig, method_name: str, seed: int, teacher: nn.Module | None,
-    data: DataBundle, device: torch.device,
+    data: DataBundle, device: torch.device, *, distributed: bool = False,
 ) -> tuple[nn.Module, nn.Module, StepFn, float]:
     """Seeded student (+ Distiller when the method uses the teacher, stage 1 done).
+
+    With ``distributed=True`` (``torch.distributed`` initialised) ``step`` runs the model through
+    DistributedDataParallel: a Distiller via :func:`graphkd.distributed.wrap` (relation methods
+    on the global batch, student and heads synchronised, teacher replicated and frozen), a
+    student alone via plain DDP. Every rank builds the same seeded student and heads (and runs
+    stage 1 on the full training set with the same seed); DDP broadcasts rank 0's state anyway.
 
     Returns ``(student, trained module, step, stage-1 seconds)``; ``step(batch)`` returns the
     (weighted) loss dict.
@@ -488,9 +582,10 @@ def _make_student(
     student = build_model(cfg.student.model, data).to(device)
     if not method.uses_teacher:
         crit = metric.task_loss()
+        runner = _ddp(student, device) if distributed else student
 
         def plain_step(batch):
-            return {"task": crit(student(batch), batch.y)}
+            return {"task": crit(runner(batch), batch.y)}
 
         return student, student, plain_step, 0.0
     if teacher is None:
@@ -498,9 +593,14 @@ def _make_student(
     example = next(iter(_loader(data.train, cfg.student.train.batch_size, True, seed)))
     module = _build_distiller(teacher, student, method, metric, example.to(device)).to(device)
     pretrain_s = _pretrain(module, data, cfg.student.train, device, seed, method.pretrain_epochs)
+    wrapped = module
+    if distributed:
+        two_stage = any(getattr(m, "requires_pretraining", False)
+                        for m in getattr(module, "match_losses", []))
+        wrapped = gd.wrap(module, find_unused_parameters=two_stage)
 
     def distill_step(batch):
-        return module(batch)[1]
+        return wrapped(batch)[1]
 
     return student, module, distill_step, pretrain_s
 
@@ -513,14 +613,17 @@ def run_method(
 
     The record: ``method``, ``seed``, ``best_epoch``, ``val`` and ``test`` (at the best
     validation epoch), ``epoch_time`` (median seconds), per-epoch ``history`` and the number of
-    trainable parameters (student + adapters/heads).
+    trainable parameters (student + adapters/heads). Under ``torch.distributed`` the student
+    is trained with DDP on the global batch (see the module docstring).
     """
     device = resolve_device(cfg.device)
+    distributed = gd.is_distributed()
     student, module, step, pretrain_s = _make_student(cfg, method_name, seed, teacher, data,
-                                                      device)
+                                                      device, distributed=distributed)
     hist = fit(module, step, student, data, cfg.student.train, _metric_for(cfg), device,
-               seed=seed, num_workers=cfg.data.num_workers, progress=progress,
-               desc=f"{method_name} seed {seed}")
+               seed=seed, num_workers=cfg.data.num_workers,
+               progress=progress and gd.is_main_process(), desc=f"{method_name} seed {seed}",
+               distributed=distributed)
     return {
         "method": method_name,
         "seed": seed,
@@ -630,6 +733,10 @@ def run_experiment(
         on_record: called after every finished run (e.g. to save partial results).
         force_teacher: retrain the teacher even if cached.
 
+    Under ``torch.distributed`` (several processes, every one calling this function) the
+    students train with DDP on the global batch; use rank 0's return value (see the module
+    docstring).
+
     Returns:
         ``{"name", "metric", "higher_is_better", "config", "data", "teacher", "runs": [...],
         "methods", "seeds"}``; :func:`summarize` turns it into table rows.
@@ -644,8 +751,18 @@ def run_experiment(
     metric = _metric_for(cfg)
     check_methods(cfg, methods, data)
     teacher, trec = (None, None)
+    distributed, main = gd.is_distributed(), gd.is_main_process()
     if any(cfg.methods[m].uses_teacher for m in methods):
-        teacher, trec = train_teacher(cfg, data, force=force_teacher, progress=progress)
+        # several processes: rank 0 trains (or loads) the teacher, the others then load the
+        # cached checkpoint; every rank holds a frozen replica.
+        import torch.distributed as dist
+
+        if distributed and not main:
+            dist.barrier()
+        teacher, trec = train_teacher(cfg, data, force=force_teacher and main,
+                                      progress=progress and main)
+        if distributed and main:
+            dist.barrier()
     results: dict[str, Any] = {
         "name": cfg.name,
         "metric": metric.name,
@@ -657,6 +774,7 @@ def run_experiment(
         "teacher": trec,
         "methods": methods,
         "seeds": seeds,
+        "world_size": gd.world_size(),
         "runs": [],
     }
     for seed in seeds:

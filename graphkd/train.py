@@ -22,6 +22,16 @@
   metric, seconds), ``logging`` messages, tqdm bars (``progress=False`` turns them off).
 * **Two-stage methods** (MHGD): with ``pretrain_epochs > 0``, :func:`pretrain` runs stage 1
   before the main loop.
+* **Several processes** (``torch.distributed`` initialised with more than one process, e.g.
+  under ``torchrun`` or :func:`graphkd.distributed.launch`): a Distiller is trained through
+  :func:`graphkd.distributed.wrap` (relation methods on the global batch, student and heads in
+  DDP, the frozen teacher replicated), a plain model through DDP. Give every rank its shard:
+  ``DataLoader(ds, batch_size=B_global // W, sampler=DistributedSampler(ds, drop_last=True))``
+  (``fit`` calls ``sampler.set_epoch(epoch)``; ``drop_last`` keeps the local batches equal, so
+  DDP's gradient average equals one process's gradient on the global batch). Validation runs on
+  rank 0 and its value is broadcast (every rank keeps the same best epoch); the logged losses
+  are averaged over ranks; only rank 0 writes checkpoints and ``log.csv`` and shows progress
+  bars, the others wait at a barrier after every epoch.
 """
 
 from __future__ import annotations
@@ -40,6 +50,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graphkd import distributed as gd
 from graphkd.distill import (
     Distiller,
     _to_device,
@@ -285,6 +296,52 @@ def _write_csv(path: Path, row: dict[str, float], append: bool) -> None:
         w.writerow(row)
 
 
+def _ddp_runner(model: nn.Module, distiller: Distiller | None, device: torch.device) -> nn.Module:
+    """The module the training step calls under ``torch.distributed`` (DDP around ``model``)."""
+    if distiller is not None:
+        two_stage = any(getattr(m, "requires_pretraining", False)
+                        for m in distiller.match_losses)
+        return gd.wrap(distiller, find_unused_parameters=two_stage)
+    kwargs: dict[str, Any] = {"device_ids": [device]} if device.type == "cuda" else {}
+    return nn.parallel.DistributedDataParallel(model, **kwargs)
+
+
+def _check_sharded(loader: Iterable) -> Any:
+    """The loader's ``DistributedSampler`` (``None`` with a warning when it has none)."""
+    from torch.utils.data.distributed import DistributedSampler
+
+    sampler = getattr(loader, "sampler", None)
+    if isinstance(sampler, DistributedSampler):
+        if not sampler.drop_last:
+            log.warning("DistributedSampler(drop_last=False) pads the shards with repeated "
+                        "samples; pass drop_last=True for the single-process gradient.")
+        return sampler
+    log.warning("fit under torch.distributed: the training loader has no DistributedSampler, "
+                "so every rank sees the same data; pass DataLoader(ds, sampler="
+                "DistributedSampler(ds, drop_last=True), batch_size=global_batch // world).")
+    return None
+
+
+def _mean_over_ranks(sums: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+    """Every value averaged over ranks (one all_reduce; the keys are the same on all ranks)."""
+    import torch.distributed as dist
+
+    keys = sorted(sums)
+    buf = torch.stack([sums[k].detach().to(device, torch.float64).reshape(()) for k in keys])
+    dist.all_reduce(buf)
+    buf /= gd.world_size()
+    return {k: buf[i] for i, k in enumerate(keys)}
+
+
+def _broadcast_float(value: float, device: torch.device) -> float:
+    """Rank 0's ``value`` on every rank."""
+    import torch.distributed as dist
+
+    buf = torch.tensor([value], dtype=torch.float64, device=device)
+    dist.broadcast(buf, 0)
+    return float(buf[0])
+
+
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -327,6 +384,11 @@ def fit(
         restore_best: load the best-validation weights into ``model`` at the end.
         device: where to train (default: the model's device).
 
+    Under ``torch.distributed`` (more than one process) the model trains with DDP on the global
+    batch; see the module docstring (shard ``train_loader`` with a ``DistributedSampler``; a
+    custom ``call`` must run the model by calling it, ``model(...)``, which is then the DDP
+    wrapper).
+
     Returns:
         a :class:`FitResult`.
 
@@ -338,6 +400,8 @@ def fit(
 
     if metric not in METRICS:
         raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}.")
+    distributed, main = gd.is_distributed(), gd.is_main_process()
+    progress = progress and main
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
     if resume and out_dir is None:
@@ -369,6 +433,13 @@ def fit(
                              "pretrain_epochs=N to fit, or run graphkd.train.pretrain first.")
         pretrain(distiller, train_loader, epochs=pretrain_epochs, lr=pretrain_lr,
                  progress=progress, device=device)
+    runner: nn.Module = model
+    sampler = None
+    if distributed:
+        import torch.distributed as dist
+
+        runner = _ddp_runner(model, distiller, device)
+        sampler = _check_sharded(train_loader)
     opt = _build_optimizer(model, optimizer, lr)
 
     result = FitResult(out_dir=out)
@@ -385,6 +456,8 @@ def fit(
 
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
+        if sampler is not None:
+            sampler.set_epoch(epoch)
         model.train()
         sums: dict[str, Tensor] = {}
         n = 0
@@ -393,9 +466,9 @@ def fit(
         for data in bar:
             data = _to_device(data, device)
             if distiller is not None:
-                _, losses = distiller(data)
+                _, losses = runner(data)
             else:
-                logits = logits_of(call_(model, data))
+                logits = logits_of(call_(runner, data))
                 losses = {"task": loss_fn(logits, prepare_target(logits, target_(data)))}
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
@@ -406,11 +479,17 @@ def fit(
             n += 1
         if n == 0:
             raise ValueError("the training loader is empty.")
+        if distributed:  # rank means (equal local batch counts under drop_last)
+            sums = _mean_over_ranks(sums, device)
         row: dict[str, float] = {"epoch": epoch}
         row.update({k: float(v) / n for k, v in sums.items()})
         if val_loader is not None:
-            value = evaluate(model, val_loader, metric=metric, call=call_, target=target_,
-                             device=device)[metric]
+            value = float("nan")
+            if main:
+                value = evaluate(model, val_loader, metric=metric, call=call_, target=target_,
+                                 device=device)[metric]
+            if distributed:
+                value = _broadcast_float(value, device)
             row[f"val_{metric}"] = value
             improved = not result.best_epoch or value > result.best_metric
         else:
@@ -420,17 +499,20 @@ def fit(
         if improved:
             result.best_epoch, result.best_metric = epoch, value
             best_state = copy.deepcopy(model.state_dict())
-            if out is not None:
+            if out is not None and main:
                 _save({"model": best_state, "epoch": epoch, "metric": value}, out / "best.pt")
-        log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
-                                                   if k != "epoch"))
-        if out is not None:
+        if main:
+            log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
+                                                       if k != "epoch"))
+        if out is not None and main:
             _write_csv(out / "log.csv", row, append=epoch > 1)
             _save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric,
                 "history": result.history, "rng": torch.get_rng_state(),
             }, out / "last.pt")
+        if distributed:
+            dist.barrier()  # rank 0's files are complete before any rank goes on
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return result
