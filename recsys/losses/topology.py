@@ -220,7 +220,8 @@ class HTD(RankingLoss):
 
     def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor,
                 t_items: Tensor) -> Tensor:
-        ga = self.users(s_users, t_users) + self.items(s_items, t_items)
+        r = self.reduction  # both terms reduce alike (the DE term used to always sum)
+        ga = self.users(s_users, t_users, reduction=r) + self.items(s_items, t_items, reduction=r)
         groups = torch.cat([self.users.assign(t_users),
                             self.items.assign(t_items) + self.num_experts])
         td = htd_loss(torch.cat([s_users, s_items]), torch.cat([t_users, t_items]), groups,

@@ -1,0 +1,216 @@
+"""Every workaround for RecBole 1.2.1 on the project's pinned stack, in one place.
+
+Each function names the upstream problem it works around. :func:`apply_patches` is called once when
+:mod:`recsys.recbole` is imported; it is idempotent and changes nothing where the upstream code
+already works.
+
+* scipy >= 1.13 removed ``dok_matrix._update``, which RecBole's LightGCN, NGCF, GCMC, NCL and
+  SpectralCF call to fill their adjacency matrix (RUCAIBox/RecBole#2034, #2090):
+  :func:`patch_scipy_dok_update` puts a faithful ``_update`` back.
+* torch >= 2.6 loads with ``weights_only=True`` by default, which refuses RecBole's checkpoints
+  (a pickled ``Config`` at ``pickle_protocol=4``), so ``Trainer.evaluate(load_best_model=True)``
+  and ``resume_checkpoint`` crash (RUCAIBox/RecBole#2155, #2212). Our trainers write checkpoints
+  of tensors and numbers only (see :mod:`recsys.recbole.trainer`); to *read* a checkpoint that
+  RecBole itself wrote, :func:`load_recbole_checkpoint` unpickles it with an allow-list (tensors,
+  RecBole's ``Config`` and enums, the model class reference) instead of ``weights_only=False``.
+* pandas 2.2 warns about chained in-place ``fillna`` in ``recbole/data/dataset/dataset.py``
+  (the copy-on-write warning of pandas-dev/pandas#53779; the code still works on pandas < 3, which
+  the ``recbole`` extra pins) and torch warns that ``torch.cuda.amp.GradScaler`` is deprecated
+  (``recbole/trainer/trainer.py``), and that ``torch.sparse.FloatTensor`` is deprecated
+  (LightGCN/NGCF ``get_norm_adj_mat``): :func:`silence_known_warnings` filters exactly these
+  messages, raised from those modules.
+* ``Config`` parses ``sys.argv`` for ``--key=value`` pairs, so a host program's own options leak
+  into RecBole's config: :func:`make_config` builds a ``Config`` with ``sys.argv`` hidden.
+* ``Trainer.__init__`` always creates ``./log_tensorboard/<name>`` in the current directory
+  (``recbole.utils.get_tensorboard`` has a hard-coded base path): :func:`tensorboard_redirect`
+  writes there only when asked, into a chosen directory, and uses a no-op writer otherwise.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import os
+import pickle
+import sys
+import types
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import torch
+
+__all__ = [
+    "apply_patches",
+    "patch_scipy_dok_update",
+    "silence_known_warnings",
+    "make_config",
+    "load_recbole_checkpoint",
+    "tensorboard_redirect",
+    "NullWriter",
+]
+
+def _dok_update(self: Any, data: dict) -> None:
+    """``dok_matrix._update`` as scipy < 1.13 had it: bulk-insert ``{(row, col): value}``."""
+    store = getattr(self, "_dict", None)
+    if store is not None:  # scipy >= 1.13: the dict is an attribute
+        store.update(data)
+    else:  # scipy < 1.13: dok_matrix *is* a dict
+        dict.update(self, data)
+
+
+def patch_scipy_dok_update() -> bool:
+    """Restore ``scipy.sparse.dok_matrix._update`` where scipy >= 1.13 removed it.
+
+    Works around RUCAIBox/RecBole#2034 (``AttributeError: 'dok_matrix' object has no attribute
+    '_update'`` in LightGCN/NGCF/GCMC/NCL/SpectralCF ``get_norm_adj_mat``).
+
+    Returns:
+        True when the patch was installed, False when scipy already has the method.
+    """
+    import scipy.sparse as sp
+
+    if hasattr(sp.dok_matrix, "_update"):
+        return False
+    sp.dok_matrix._update = _dok_update  # type: ignore[attr-defined]
+    return True
+
+
+def silence_known_warnings() -> None:
+    """Filter the harmless upstream deprecation warnings RecBole 1.2.1 raises on every run.
+
+    Only these exact messages from these modules are filtered; everything else still shows.
+    """
+    # pandas-dev/pandas#53779 (CoW chained-assignment warning) from recbole.data.dataset.dataset
+    warnings.filterwarnings(
+        "ignore", message=r"A value is trying to be set on a copy of a DataFrame or Series "
+        r"through chained assignment", category=FutureWarning, module=r"recbole\.data\.dataset")
+    # torch.cuda.amp.GradScaler deprecation from recbole.trainer.trainer (_train_epoch)
+    warnings.filterwarnings(
+        "ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
+        category=FutureWarning, module=r"recbole\.trainer")
+    # torch.sparse.FloatTensor deprecation from LightGCN/NGCF get_norm_adj_mat
+    warnings.filterwarnings(
+        "ignore", message=r"torch\.sparse\.SparseTensor\(indices, values, shape",
+        category=UserWarning, module=r"recbole\.model")
+
+
+def apply_patches() -> None:
+    """Install every workaround of this module (idempotent: ``warnings.filterwarnings`` drops
+    duplicates, so calling it again re-installs filters that a ``catch_warnings`` block reset)."""
+    patch_scipy_dok_update()
+    silence_known_warnings()
+
+
+# ----------------------------------------------------------------------------- config
+def make_config(model: Any, dataset: str, config_file_list: list[str] | None = None,
+                config_dict: dict[str, Any] | None = None) -> Any:
+    """``recbole.config.Config(...)`` without reading the host program's ``sys.argv``.
+
+    RecBole's ``Config`` treats every ``--key=value`` in ``sys.argv`` as a config entry (with the
+    highest priority); a CLI or pytest that has its own options would silently change the
+    experiment. The original ``sys.argv`` is restored afterwards.
+    """
+    from recbole.config import Config
+
+    saved = sys.argv
+    sys.argv = saved[:1] if saved else ["recsys"]
+    try:
+        return Config(model=model, dataset=dataset, config_file_list=config_file_list,
+                      config_dict=dict(config_dict) if config_dict else None)
+    finally:
+        sys.argv = saved
+
+
+# ----------------------------------------------------------------------------- checkpoints
+# The globals a RecBole 1.2.1 checkpoint pickles besides tensors (found by unpickling one).
+_ALLOWED_GLOBALS: set[tuple[str, str]] = {
+    ("collections", "OrderedDict"),
+    ("torch", "device"),
+    ("torch._utils", "_rebuild_tensor_v2"),
+    ("torch._utils", "_rebuild_parameter"),
+    ("numpy", "dtype"),
+    ("numpy.core.multiarray", "scalar"),
+    ("numpy.core.multiarray", "_reconstruct"),
+    ("numpy", "ndarray"),
+    ("recbole.config.configurator", "Config"),
+    ("recbole.utils.enum_type", "ModelType"),
+    ("recbole.utils.enum_type", "InputType"),
+    ("recbole.utils.enum_type", "EvaluatorType"),
+    ("recbole.utils.enum_type", "FeatureType"),
+    ("recbole.utils.enum_type", "FeatureSource"),
+    ("yaml.loader", "FullLoader"),
+}
+
+
+class _RecBoleUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only the globals a RecBole checkpoint needs.
+
+    The model class reference in ``Config.model_class`` is allowed for modules under
+    ``recbole.model`` only (it is stored as a reference, never called).
+    """
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) in _ALLOWED_GLOBALS or (
+                module.startswith("recbole.model.") and not name.startswith("_")):
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(
+            f"refusing to load {module}.{name} from a RecBole checkpoint: only tensors, "
+            "RecBole's Config and model classes are allowed. Load the file with "
+            "torch.load(path, weights_only=False) yourself if you trust it.")
+
+
+_restricted_pickle = types.ModuleType("_recbole_restricted_pickle")
+_restricted_pickle.Unpickler = _RecBoleUnpickler  # type: ignore[attr-defined]
+_restricted_pickle.load = pickle.load  # type: ignore[attr-defined]
+_restricted_pickle.__name__ = "_recbole_restricted_pickle"
+
+
+def load_recbole_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
+    """Load a checkpoint written by RecBole's own ``Trainer._save_checkpoint``.
+
+    torch >= 2.6 refuses these files with ``weights_only=True`` (RUCAIBox/RecBole#2155): they
+    pickle RecBole's ``Config`` with protocol 4. Instead of ``weights_only=False`` (arbitrary code
+    execution), they are unpickled with an allow-list of the globals such a file contains.
+
+    Raises:
+        FileNotFoundError: ``path`` does not exist.
+        pickle.UnpicklingError: the file needs a global outside the allow-list.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    importlib.import_module("recbole.config")  # the allowed classes must be importable
+    return torch.load(path, map_location=map_location, weights_only=False,
+                      pickle_module=_restricted_pickle)
+
+
+# ----------------------------------------------------------------------------- tensorboard
+class NullWriter:
+    """A stand-in for ``SummaryWriter`` that records nothing (every method is a no-op)."""
+
+    def __getattr__(self, name: str) -> Any:
+        return lambda *args, **kwargs: None
+
+
+@contextlib.contextmanager
+def tensorboard_redirect(log_dir: str | os.PathLike | None) -> Iterator[None]:
+    """While active, RecBole trainers get a ``SummaryWriter`` in ``log_dir`` or, when ``log_dir``
+    is None, a :class:`NullWriter` (so nothing is written into the current directory)."""
+    import recbole.trainer.trainer as rt
+
+    original = rt.get_tensorboard
+
+    def _writer(logger: Any) -> Any:
+        if log_dir is None:
+            return NullWriter()
+        from torch.utils.tensorboard import SummaryWriter
+
+        return SummaryWriter(str(log_dir))
+
+    rt.get_tensorboard = _writer
+    try:
+        yield
+    finally:
+        rt.get_tensorboard = original

@@ -1,0 +1,327 @@
+"""``run_distillation``: RecBole's ``run_recbole`` for ranking distillation.
+
+``run_recbole`` cannot take an external model class, and ``recbole.quick_start`` imports ray, so
+this module composes RecBole's own pieces (``Config``, ``create_dataset``, ``data_preparation``,
+``init_seed``, the trainers) the way ``run_recbole`` does:
+
+1. the teacher: loaded from ``teacher_checkpoint``, or trained once (RecBole's trainer, early
+   stopping on the validation metric) and saved as a state file under ``run_dir`` (reused by later
+   runs with the same teacher, dataset and data settings);
+2. the teacher's top-K soft labels (cached under ``run_dir/softlabels``);
+3. the student inside :class:`~recsys.recbole.model.DistillRecommender`, trained by
+   :class:`~recsys.recbole.trainer.DistillTrainer`;
+4. RecBole's full-sort evaluation of the best-validation student on the test split.
+
+Config precedence (the RecBole way): RecBole's defaults < ``defaults.yaml`` < ``<method>.yaml`` <
+``config_file_list`` < ``config_dict``; ``distill_params`` is merged key by key.
+
+Example:
+    >>> res = run_distillation(teacher="BPR", student="BPR", method="rrd", dataset="ml-100k",
+    ...                        teacher_config={"embedding_size": 200},
+    ...                        student_config={"embedding_size": 20})  # doctest: +SKIP
+    >>> res["test_result"]["ndcg@10"]  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+from torch import nn
+
+from recsys.recbole.compat import apply_patches, make_config
+from recsys.recbole.methods import METHODS
+from recsys.recbole.model import distill_model_class
+from recsys.recbole.trainer import DistillTrainer, load_checkpoint, safe_trainer_class
+from recsys.recbole.zoo import build_model, model_class, save_model_state
+
+__all__ = [
+    "DEFAULTS_YAML",
+    "method_yaml",
+    "build_config",
+    "prepare_data",
+    "TrainResult",
+    "train_model",
+    "ensure_teacher",
+    "run_distillation",
+    "load_student",
+]
+
+log = logging.getLogger(__name__)
+
+_HERE = Path(__file__).resolve().parent
+#: The plugin's defaults (shipped as package data).
+DEFAULTS_YAML = _HERE / "defaults.yaml"
+#: Keys that do not change what a model learns (left out of the teacher's cache key).
+_NOT_IN_KEY = {"device", "gpu_id", "show_progress", "state", "checkpoint_dir", "tensorboard_dir",
+               "softlabel_cache_dir", "softlabel_chunk_size", "eval_batch_size", "worker",
+               "single_spec", "local_rank", "student", "student_config", "distill_method",
+               "distill_weight", "distill_params", "teacher_checkpoint", "use_gpu"}
+
+
+def method_yaml(method: str) -> Path:
+    """The shipped YAML defaults of ``method`` (``recsys/recbole/<method>.yaml``).
+
+    Raises:
+        ValueError: unknown method (lists the valid ones).
+    """
+    return _HERE / f"{METHODS.get(method).name}.yaml"
+
+
+def _read_yaml(path: Path) -> dict[str, Any]:
+    if not path.is_file():
+        return {}
+    return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
+
+
+def _data_root(config_dict: dict[str, Any]) -> dict[str, Any]:
+    if "data_path" in config_dict:
+        return config_dict
+    root = os.environ.get("GRAPHKD_DATA_ROOT", "datasets")
+    return {**config_dict, "data_path": root}
+
+
+def build_config(model: Any, dataset: str, *, method: str | None = None,
+                 config_file_list: list[str] | None = None,
+                 config_dict: dict[str, Any] | None = None) -> Any:
+    """A RecBole ``Config`` with the plugin's defaults (and ``method``'s) under the user's.
+
+    Args:
+        model: a RecBole model name or class (``DistillRecommender`` for distillation).
+        dataset: dataset name; atomic files are read from ``<data_path>/<dataset>/``
+            (``data_path`` defaults to ``$GRAPHKD_DATA_ROOT`` or ``datasets``; ``ml-100k`` is
+            the copy shipped inside RecBole).
+        method: the distillation method whose YAML defaults to merge.
+    """
+    files = [str(DEFAULTS_YAML)]
+    if method is not None:
+        path = method_yaml(method)
+        if path.is_file():
+            files.append(str(path))
+    files += [str(f) for f in config_file_list or []]
+    user = _data_root(dict(config_dict or {}))
+    config = make_config(model, dataset, config_file_list=files, config_dict=user)
+    if method is not None:
+        shipped = _read_yaml(method_yaml(method)).get("distill_params") or {}
+        config["distill_params"] = {**shipped, **(config["distill_params"] or {})}
+        config["distill_method"] = str(method).lower()
+    return config
+
+
+def prepare_data(config: Any) -> tuple[Any, Any, Any]:
+    """RecBole's ``create_dataset`` + ``data_preparation`` after ``init_seed`` (as
+    ``run_recbole``): the same config and seed give the same split.
+
+    Raises:
+        FileNotFoundError: no ``<data_path>/<dataset>/<dataset>.inter``.
+    """
+    from recbole.data import create_dataset, data_preparation
+    from recbole.utils import init_seed
+
+    apply_patches()
+    path = Path(config["data_path"]) / f"{config['dataset']}.inter"
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"no RecBole atomic file {path}: put <name>.inter (tab-separated, header like "
+            "'user_id:token\\titem_id:token\\t...') in <data_root>/<name>/, set "
+            "config_dict={'data_path': <data_root>} or $GRAPHKD_DATA_ROOT, or use 'ml-100k'")
+    init_seed(config["seed"], config["reproducibility"])
+    dataset = create_dataset(config)
+    return data_preparation(config, dataset)
+
+
+@dataclass
+class TrainResult:
+    """What one RecBole training run gives back.
+
+    Attributes:
+        model: the trained model (best-validation weights loaded when ``saved``).
+        config: its RecBole config.
+        result: RecBole-style ``{"best_valid_score", "valid_score_bigger",
+            "best_valid_result", "test_result"}`` plus ``best_epoch``, ``epochs_run``,
+            ``epoch_seconds`` and ``epoch_cpu_seconds`` (lists), ``checkpoint``.
+        data: ``(train, valid, test)`` data loaders.
+    """
+
+    model: nn.Module
+    config: Any
+    result: dict[str, Any]
+    data: tuple[Any, Any, Any] = field(repr=False)
+
+
+def _fit_and_test(config: Any, model: nn.Module, trainer: Any, data: tuple[Any, Any, Any],
+                  saved: bool, verbose: bool) -> dict[str, Any]:
+    train, valid, test = data
+    best_score, best_result = trainer.fit(train, valid, saved=saved, verbose=verbose,
+                                          show_progress=config["show_progress"])
+    test_result = trainer.evaluate(test, load_best_model=saved,
+                                   show_progress=config["show_progress"])
+    best_epoch = None
+    if saved and Path(trainer.saved_model_file).is_file():
+        best_epoch = load_checkpoint(trainer.saved_model_file)["epoch"]
+    return {
+        "best_valid_score": float(best_score),
+        "valid_score_bigger": bool(config["valid_metric_bigger"]),
+        "best_valid_result": dict(best_result or {}),
+        "test_result": dict(test_result or {}),
+        "best_epoch": best_epoch,
+        "epochs_run": len(trainer.epoch_seconds),
+        "epoch_seconds": list(trainer.epoch_seconds),
+        "epoch_cpu_seconds": list(trainer.epoch_cpu_seconds),
+        "checkpoint": str(trainer.saved_model_file) if saved else None,
+    }
+
+
+def train_model(model: str, dataset: str, *, model_config: dict[str, Any] | None = None,
+                config_file_list: list[str] | None = None,
+                config_dict: dict[str, Any] | None = None, saved: bool = True,
+                verbose: bool = False) -> TrainResult:
+    """Train and test one RecBole general recommender (a teacher, or a student alone).
+
+    ``model_config`` (the model's hyperparameters) goes over ``config_dict``.
+    """
+    from recbole.utils import init_seed
+
+    model_class(model)  # validates the name
+    cfg = build_config(model, dataset, config_file_list=config_file_list,
+                       config_dict={**(config_dict or {}), **(model_config or {})})
+    data = prepare_data(cfg)
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    net = build_model(model, cfg, data[0].dataset, model_config or {})
+    trainer = safe_trainer_class(model, cfg["MODEL_TYPE"])(cfg, net)
+    result = _fit_and_test(cfg, net, trainer, data, saved, verbose)
+    return TrainResult(net, cfg, result, data)
+
+
+def _teacher_key(model: str, dataset: str, model_config: dict[str, Any],
+                 config_file_list: list[str] | None, config_dict: dict[str, Any]) -> str:
+    cfg = build_config(model, dataset, config_file_list=config_file_list,
+                       config_dict={**config_dict, **model_config})
+    items = {k: str(v) for k, v in cfg.final_config_dict.items() if k not in _NOT_IN_KEY}
+    return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any] | None = None,
+                   config_file_list: list[str] | None = None,
+                   config_dict: dict[str, Any] | None = None,
+                   run_dir: str | os.PathLike = "runs/recbole",
+                   verbose: bool = False) -> tuple[Path, dict[str, Any] | None]:
+    """The teacher's state file: reused from ``run_dir`` or trained now.
+
+    Returns:
+        ``(path, result)``; ``result`` is the training result dict, or None when reused.
+    """
+    teacher_config = dict(teacher_config or {})
+    config_dict = dict(config_dict or {})
+    key = _teacher_key(teacher, dataset, teacher_config, config_file_list, config_dict)
+    path = Path(run_dir) / "teachers" / f"{dataset}-{teacher}-{key}.pt"
+    if path.is_file():
+        log.info("reusing teacher %s", path)
+        return path, None
+    config_dict.setdefault("checkpoint_dir", str(Path(run_dir) / "checkpoints"))
+    res = train_model(teacher, dataset, model_config=teacher_config,
+                      config_file_list=config_file_list, config_dict=config_dict, verbose=verbose)
+    save_model_state(res.model, path, name=teacher, config=res.config,
+                     dataset=res.data[0].dataset, overrides=teacher_config)
+    return path, res.result
+
+
+def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: str = "rrd",
+                     dataset: str = "ml-100k", *, teacher_config: dict[str, Any] | None = None,
+                     student_config: dict[str, Any] | None = None,
+                     teacher_checkpoint: str | os.PathLike | None = None,
+                     config_file_list: list[str] | None = None,
+                     config_dict: dict[str, Any] | None = None,
+                     run_dir: str | os.PathLike = "runs/recbole", saved: bool = True,
+                     verbose: bool = False) -> dict[str, Any]:
+    """Distil ``teacher`` into ``student`` on ``dataset`` with ``method`` (or train the student
+    alone with ``method="none"``), evaluated by RecBole's full-sort evaluator.
+
+    Args:
+        teacher: RecBole model name of the teacher (trained here unless a state file for it
+            exists under ``run_dir``); ignored when ``teacher_checkpoint`` is given.
+        student: RecBole model name of the student.
+        method: a name from :func:`recsys.recbole.methods.available_methods`.
+        dataset: dataset name (see :func:`build_config`).
+        teacher_config, student_config: each model's own hyperparameters.
+        teacher_checkpoint: a teacher state file or RecBole checkpoint to use as is.
+        config_file_list, config_dict: RecBole config for the run (data, training, evaluation,
+            ``distill_weight``, ``distill_params``, ...).
+        run_dir: where teachers, soft labels and checkpoints go.
+        saved: save the best-validation checkpoint and test it (RecBole's ``saved``).
+
+    Returns:
+        RecBole-style ``{"best_valid_score", "valid_score_bigger", "best_valid_result",
+        "test_result"}`` plus ``best_epoch``, ``epochs_run``, ``epoch_seconds``,
+        ``epoch_cpu_seconds``, ``checkpoint``, ``softlabel_seconds``, ``method``, ``student``,
+        and ``teacher``
+        (``{"model", "checkpoint", "result"}``; ``result`` is None when the teacher was reused).
+    """
+    from recbole.utils import init_seed
+
+    key = str(method).lower()
+    method_yaml(key)  # validates the name before any training
+    model_class(student)
+    config_dict = dict(config_dict or {})
+    config_dict.setdefault("checkpoint_dir", str(Path(run_dir) / "checkpoints"))
+    student_config = dict(student_config or {})
+    if key == "none":
+        res = train_model(student, dataset, model_config=student_config,
+                          config_file_list=config_file_list, config_dict=config_dict,
+                          saved=saved, verbose=verbose)
+        return {**res.result, "method": "none", "student": student, "softlabel_seconds": 0.0,
+                "teacher": None}
+
+    teacher_info: dict[str, Any]
+    if teacher_checkpoint is not None:
+        teacher_path = Path(teacher_checkpoint)
+        teacher_info = {"model": teacher, "checkpoint": str(teacher_path), "result": None}
+    else:
+        if teacher is None:
+            raise ValueError("pass teacher=<RecBole model name> or teacher_checkpoint=<path>")
+        teacher_path, tres = ensure_teacher(teacher, dataset, teacher_config=teacher_config,
+                                            config_file_list=config_file_list,
+                                            config_dict=config_dict, run_dir=run_dir,
+                                            verbose=verbose)
+        teacher_info = {"model": teacher, "checkpoint": str(teacher_path), "result": tres}
+
+    config_dict.setdefault("softlabel_cache_dir", str(Path(run_dir) / "softlabels"))
+    cfg = build_config(distill_model_class(student), dataset, method=key,
+                       config_file_list=config_file_list,
+                       config_dict={**config_dict, "student": student,
+                                    "student_config": student_config,
+                                    "teacher_checkpoint": str(teacher_path)})
+    data = prepare_data(cfg)
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    model = distill_model_class(student)(cfg, data[0].dataset)
+    trainer = DistillTrainer(cfg, model)
+    result = _fit_and_test(cfg, model, trainer, data, saved, verbose)
+    return {**result, "method": key, "student": student,
+            "softlabel_seconds": model.softlabel_seconds, "teacher": teacher_info}
+
+
+def load_student(checkpoint: str | os.PathLike, config: Any, dataset: Any) -> nn.Module:
+    """The plain student model of a distillation checkpoint (no teacher, no method parts).
+
+    Args:
+        checkpoint: a ``DistillTrainer`` checkpoint (``checkpoint`` of
+            :func:`run_distillation`'s result); loaded with ``weights_only=True``.
+        config: a RecBole config of the same dataset and data settings.
+        dataset: the training dataset (``train_data.dataset``).
+    """
+    ck = load_checkpoint(checkpoint)
+    if "student" not in ck:
+        raise ValueError(f"{checkpoint} is not a distillation checkpoint (no 'student' entry); "
+                         "plain RecBole-model checkpoints load with SafeTrainer.load_best")
+    state = {k[len("student."):]: v for k, v in ck["state_dict"].items()
+             if k.startswith("student.")}
+    model = build_model(ck["student"], config, dataset, dict(ck["student_config"]))
+    model.load_state_dict(state)
+    model.load_other_parameter(ck.get("other_parameter"))
+    return model

@@ -1,0 +1,175 @@
+"""RecBole trainers with checkpoints that work on torch >= 2.6, and the distillation trainer.
+
+:class:`SafeCheckpointMixin` replaces RecBole's checkpoint format (a pickled ``Config``, refused by
+``torch.load`` on torch >= 2.6) with tensors and numbers only, so that
+``Trainer.evaluate(load_best_model=True)``, ``resume_checkpoint`` and users' own
+``torch.load(path, weights_only=True)`` all work. For a :class:`DistillRecommender` the state is the
+student's (``student.*``) plus trainable method parts (``distill.*``); the teacher is never saved.
+
+Checkpoint format (``CHECKPOINT_FORMAT``)::
+
+    {"format", "model", "epoch", "cur_step", "best_valid_score", "state_dict",
+     "other_parameter", "optimizer"}
+
+:class:`DistillTrainer` adds, around RecBole's own ``fit`` loop: the teacher's soft labels before
+the first epoch and ``model.on_epoch_start(epoch)`` before each epoch (resampling, temperature
+annealing). Both record each epoch's training wall time in ``epoch_seconds`` and its CPU time
+(this process, all threads) in ``epoch_cpu_seconds`` (less sensitive to other jobs on a shared
+machine).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from recbole.trainer import Trainer
+from recbole.utils import get_trainer
+
+from recsys.recbole.compat import tensorboard_redirect
+
+__all__ = ["CHECKPOINT_FORMAT", "SafeCheckpointMixin", "SafeTrainer", "DistillTrainer",
+           "safe_trainer_class", "load_checkpoint"]
+
+CHECKPOINT_FORMAT = "graphkd.recbole.checkpoint/1"
+
+
+def _number(x: Any) -> float | int:
+    if isinstance(x, torch.Tensor):
+        return x.item()
+    return int(x) if isinstance(x, int) else float(x)
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a checkpoint written by :class:`SafeCheckpointMixin` (``weights_only=True``).
+
+    Raises:
+        FileNotFoundError: no file.
+        ValueError: not such a checkpoint (e.g. a RecBole one: see
+            :func:`recsys.recbole.compat.load_recbole_checkpoint`).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint at {path}")
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as exc:  # noqa: BLE001 - reported with the fix
+        raise ValueError(f"{path} is not a graphkd checkpoint loadable with weights_only=True "
+                         f"({type(exc).__name__}); RecBole's own checkpoints load with "
+                         "recsys.recbole.compat.load_recbole_checkpoint") from exc
+    if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
+    return ck
+
+
+class SafeCheckpointMixin:
+    """Mix into any RecBole ``Trainer`` subclass: torch >= 2.6-safe checkpoints, no
+    ``./log_tensorboard`` unless ``config["tensorboard_dir"]`` is set, per-epoch timing."""
+
+    _count = 0
+
+    def __init__(self, config: Any, model: Any) -> None:
+        with tensorboard_redirect(config["tensorboard_dir"]):
+            super().__init__(config, model)
+        # RecBole names checkpoints by the second: make the name unique per trainer
+        SafeCheckpointMixin._count += 1
+        stem = Path(self.saved_model_file).stem
+        self.saved_model_file = str(Path(self.checkpoint_dir) / (
+            f"{stem}-{os.getpid()}-{SafeCheckpointMixin._count}.pth"))
+        self.epoch_seconds: list[float] = []
+        self.epoch_cpu_seconds: list[float] = []
+
+    def _train_epoch(self, train_data: Any, epoch_idx: int, loss_func: Any = None,
+                     show_progress: bool = False) -> Any:
+        t0, c0 = time.perf_counter(), time.process_time()
+        self._before_epoch(epoch_idx)
+        out = super()._train_epoch(train_data, epoch_idx, loss_func=loss_func,
+                                   show_progress=show_progress)
+        self.epoch_seconds.append(time.perf_counter() - t0)
+        self.epoch_cpu_seconds.append(time.process_time() - c0)
+        return out
+
+    def _before_epoch(self, epoch_idx: int) -> None:
+        """Hook run before each training epoch, inside the timed span."""
+
+    def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
+        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+            return
+        path = Path(kwargs.pop("saved_model_file", self.saved_model_file))
+        state = {
+            "format": CHECKPOINT_FORMAT,
+            "model": str(self.config["model"]),
+            "epoch": int(epoch),
+            "cur_step": int(self.cur_step),
+            "best_valid_score": _number(self.best_valid_score),
+            "state_dict": self.model.state_dict(),
+            "other_parameter": self.model.other_parameter(),
+            "optimizer": self.optimizer.state_dict(),
+        }
+        extras = getattr(self.model, "checkpoint_extras", None)
+        if extras is not None:
+            state.update(extras())
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(path.name + ".tmp")
+        torch.save(state, tmp)
+        os.replace(tmp, path)
+        if verbose:
+            self.logger.info(f"Saving current: {path}")
+
+    def resume_checkpoint(self, resume_file: str | os.PathLike) -> None:
+        ck = load_checkpoint(resume_file, map_location=self.device)
+        self.saved_model_file = str(resume_file)
+        self.start_epoch = ck["epoch"] + 1
+        self.cur_step = ck["cur_step"]
+        self.best_valid_score = ck["best_valid_score"]
+        self.model.load_state_dict(ck["state_dict"])
+        self.model.load_other_parameter(ck.get("other_parameter"))
+        self.optimizer.load_state_dict(ck["optimizer"])
+        self.logger.info(f"Checkpoint loaded. Resume training from epoch {self.start_epoch}")
+
+    def load_best(self, model_file: str | os.PathLike | None = None) -> None:
+        """Load the saved (best) weights into the model."""
+        ck = load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
+        self.model.load_state_dict(ck["state_dict"])
+        self.model.load_other_parameter(ck.get("other_parameter"))
+
+    def evaluate(self, eval_data: Any, load_best_model: bool = True, model_file: Any = None,
+                 show_progress: bool = False) -> Any:
+        """RecBole's evaluate; ``load_best_model=True`` loads our checkpoint safely first."""
+        if eval_data and load_best_model:
+            self.load_best(model_file)
+        return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+
+class SafeTrainer(SafeCheckpointMixin, Trainer):
+    """RecBole's basic ``Trainer`` with safe checkpoints."""
+
+
+def safe_trainer_class(model_name: str, model_type: Any) -> type:
+    """RecBole's trainer for ``model_name`` (``get_trainer``) with safe checkpoints mixed in."""
+    base = get_trainer(model_type, model_name)
+    if issubclass(base, SafeCheckpointMixin):
+        return base
+    if base is Trainer:
+        return SafeTrainer
+    return type(f"Safe{base.__name__}", (SafeCheckpointMixin, base), {})
+
+
+class DistillTrainer(SafeTrainer):
+    """Trainer of a :class:`~recsys.recbole.model.DistillRecommender`.
+
+    Before the first epoch it makes sure the teacher's soft labels exist
+    (``model.prepare()``); before each epoch it calls ``model.on_epoch_start(epoch)``.
+    """
+
+    def fit(self, train_data: Any, valid_data: Any = None, verbose: bool = True,
+            saved: bool = True, show_progress: bool = False, callback_fn: Any = None) -> Any:
+        self.model.prepare()
+        return super().fit(train_data, valid_data, verbose=verbose, saved=saved,
+                           show_progress=show_progress, callback_fn=callback_fn)
+
+    def _before_epoch(self, epoch_idx: int) -> None:
+        self.model.on_epoch_start(epoch_idx)

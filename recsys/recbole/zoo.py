@@ -1,0 +1,232 @@
+"""Build any RecBole general recommender by name with its own hyperparameters; save and load
+model state files that load with ``torch.load(..., weights_only=True)``.
+
+A *sub-model config* is the experiment's RecBole ``Config`` (data fields, device, ...) overlaid
+with the model's own YAML defaults shipped in RecBole (``recbole/properties/model/<Name>.yaml``)
+and then with the caller's overrides (e.g. ``{"embedding_size": 20}``). Teacher and student thus
+share one dataset and one data pipeline but keep separate hyperparameters.
+
+State file format (``STATE_FORMAT``), tensors and plain values only::
+
+    {"format": "graphkd.recbole.model/1", "model": "BPR", "model_config": {...},
+     "dataset": "ml-100k", "n_users": 944, "n_items": 1683, "item_hash": "...",
+     "state_dict": {...}}
+"""
+
+from __future__ import annotations
+
+import copy
+import hashlib
+import os
+import pickle
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from recsys.recbole.compat import load_recbole_checkpoint
+
+__all__ = [
+    "STATE_FORMAT",
+    "model_class",
+    "model_defaults",
+    "model_config",
+    "build_model",
+    "dataset_fingerprint",
+    "save_model_state",
+    "load_model",
+    "file_digest",
+]
+
+STATE_FORMAT = "graphkd.recbole.model/1"
+
+
+def model_class(name: str) -> type:
+    """The RecBole general-recommender class called ``name`` (e.g. ``"BPR"``, ``"LightGCN"``).
+
+    Raises:
+        ValueError: unknown name, or not a general recommender (sequential, context-aware and
+            knowledge-aware models need other data and cannot be used here).
+    """
+    from recbole.utils import ModelType, get_model
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"model name must be a non-empty string, got {name!r}")
+    try:
+        cls = get_model(name)
+    except (ValueError, AttributeError, ImportError) as exc:
+        raise ValueError(f"unknown RecBole model {name!r}: use a RecBole general recommender "
+                         "name such as 'BPR', 'NeuMF', 'LightGCN', 'NGCF', 'DMF'") from exc
+    if getattr(cls, "type", None) != ModelType.GENERAL:
+        raise ValueError(f"{name} is a {getattr(cls, 'type', '?')} model; only RecBole general "
+                         "recommenders (ModelType.GENERAL, e.g. BPR, NeuMF, LightGCN) can be "
+                         "teacher or student")
+    return cls
+
+
+def model_defaults(name: str) -> dict[str, Any]:
+    """The hyperparameter defaults RecBole ships for model ``name`` (empty when none)."""
+    import recbole
+    import yaml
+    from recbole.config import Config
+
+    path = Path(recbole.__file__).parent / "properties" / "model" / f"{name}.yaml"
+    if not path.is_file():
+        return {}
+    loader = Config._build_yaml_loader(None)  # RecBole's loader (parses 1e-05 as a float)
+    return dict(yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {})
+
+
+def model_config(config: Any, name: str, overrides: dict[str, Any] | None = None) -> Any:
+    """A copy of ``config`` for model ``name``: ``config`` < RecBole's model YAML < ``overrides``.
+
+    The copy is independent: changing it does not change ``config``.
+    """
+    sub = copy.copy(config)
+    final = dict(config.final_config_dict)
+    final.update(model_defaults(name))
+    final.update(overrides or {})
+    final["model"] = name
+    sub.final_config_dict = final
+    return sub
+
+
+def build_model(name: str, config: Any, dataset: Any,
+                overrides: dict[str, Any] | None = None) -> nn.Module:
+    """Instantiate RecBole model ``name`` on ``dataset`` with its own hyperparameters.
+
+    Args:
+        name: RecBole general recommender name.
+        config: the experiment's RecBole ``Config``.
+        dataset: the training ``Dataset`` (``train_data.dataset``).
+        overrides: the model's hyperparameters (e.g. ``{"embedding_size": 20}``).
+
+    Returns:
+        The model on ``config["device"]``.
+    """
+    cls = model_class(name)
+    sub = model_config(config, name, overrides)
+    return cls(sub, dataset).to(config["device"])
+
+
+def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
+    """``{"dataset", "n_users", "n_items", "item_hash"}``: what a model's item ids depend on."""
+    iid = dataset.iid_field
+    tokens = dataset.field2id_token[iid]
+    digest = hashlib.sha256("\n".join(map(str, tokens)).encode()).hexdigest()[:16]
+    return {"dataset": str(dataset.dataset_name), "n_users": int(dataset.user_num),
+            "n_items": int(dataset.item_num), "item_hash": digest}
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, (bool, int, float, str)) or value is None:
+        return value
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    return str(value)
+
+
+def save_model_state(model: nn.Module, path: str | os.PathLike, *, name: str, config: Any,
+                     dataset: Any, overrides: dict[str, Any] | None = None) -> Path:
+    """Write ``model`` as a state file (loadable with ``weights_only=True``).
+
+    ``model_config`` holds the model's RecBole YAML keys and ``overrides``, read from the
+    sub-model config actually used, so that :func:`load_model` rebuilds the same architecture.
+    """
+    sub = model_config(config, name, overrides)
+    keys = set(model_defaults(name)) | set(overrides or {})
+    state = {
+        "format": STATE_FORMAT,
+        "model": name,
+        "model_config": {k: _plain(sub[k]) for k in sorted(keys)},
+        **dataset_fingerprint(dataset),
+        "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+    }
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def file_digest(path: str | os.PathLike) -> str:
+    """First 16 hex digits of the file's SHA-256 (cache keys)."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()[:16]
+
+
+def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict]:
+    """(model name, model overrides, fingerprint, state_dict) from either file format."""
+    try:
+        with warnings.catch_warnings():  # a RecBole checkpoint is expected to fail here
+            warnings.filterwarnings("ignore", message="Detected pickle protocol")
+            ck = torch.load(path, map_location="cpu", weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, ValueError) as exc:
+        try:
+            ck = load_recbole_checkpoint(path)
+        except Exception as exc2:
+            raise ValueError(f"{path} is neither a graphkd model state file nor a RecBole "
+                             f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}; "
+                             f"{type(exc2).__name__}: {str(exc2).splitlines()[0]})") from exc2
+    if not isinstance(ck, dict) or "state_dict" not in ck:
+        raise ValueError(f"{path} holds no 'state_dict': pass a file written by "
+                         "recsys.recbole (save_model_state / a trainer checkpoint) or a RecBole "
+                         "checkpoint (saved/<Model>-<time>.pth)")
+    if ck.get("format") == STATE_FORMAT:
+        fp = {k: ck[k] for k in ("dataset", "n_users", "n_items", "item_hash")}
+        return ck["model"], dict(ck["model_config"]), fp, ck["state_dict"]
+    cfg = ck.get("config")
+    if cfg is None or "model" not in cfg:
+        raise ValueError(f"{path} has a 'state_dict' but no model name: a student checkpoint "
+                         "of a distillation run is loaded with recsys.recbole.load_student, "
+                         "teachers must be RecBole checkpoints or save_model_state files")
+    name = cfg["model"]
+    overrides = {k: cfg[k] for k in model_defaults(name) if k in cfg}
+    return name, overrides, {"dataset": cfg["dataset"]}, ck["state_dict"]
+
+
+def load_model(path: str | os.PathLike, config: Any, dataset: Any) -> tuple[nn.Module, str]:
+    """Rebuild a model from a state file or a RecBole checkpoint on ``dataset``.
+
+    Returns:
+        ``(model, name)``; the model is on ``config["device"]``.
+
+    Raises:
+        FileNotFoundError: no file at ``path``.
+        ValueError: unreadable file, or a model trained on a dataset with other users/items.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no teacher checkpoint at {path}: train one with "
+                                "recsys.recbole.train_model / `recsys-distill train-teacher`, "
+                                "or pass teacher_checkpoint=<RecBole saved/*.pth>")
+    name, overrides, fp, state = _read_checkpoint(path)
+    here = dataset_fingerprint(dataset)
+    if "n_items" in fp and (fp["n_items"], fp["n_users"]) != (here["n_items"], here["n_users"]):
+        raise ValueError(
+            f"the model in {path} was trained on dataset {fp['dataset']!r} with "
+            f"{fp['n_users']} users / {fp['n_items']} items, but dataset {here['dataset']!r} has "
+            f"{here['n_users']} users / {here['n_items']} items: train the teacher on this "
+            "dataset (same filtering config) or pass the matching dataset")
+    if "item_hash" in fp and fp["item_hash"] != here["item_hash"]:
+        raise ValueError(f"the model in {path} was trained with another item id mapping than "
+                         f"dataset {here['dataset']!r} (item tokens differ): use the same "
+                         "dataset files and filtering config as for the teacher")
+    model = build_model(name, config, dataset, overrides)
+    try:
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        raise ValueError(
+            f"the {name} weights in {path} do not fit dataset {here['dataset']!r} "
+            f"({here['n_users']} users / {here['n_items']} items; checkpoint from dataset "
+            f"{fp.get('dataset')!r}): {str(exc).splitlines()[-1].strip()}. Train the teacher "
+            "on this dataset or pass its own dataset") from exc
+    return model, name
