@@ -261,13 +261,6 @@ class HTDAdapter(_TopologyAdapter):
     def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
         super().__init__(ctx, params, dims=True)
 
-    def forward(self, interaction: Any) -> Tensor:
-        users, pos, neg = self.entities(interaction)
-        items = pos if neg is None else torch.unique(torch.cat([pos, neg]))
-        s_u, s_i = entity_embeddings(self.ctx.student)
-        t_u, t_i = self.teacher_embeddings()
-        return self.loss(s_u[users], t_u[users], s_i[items], t_i[items])
-
 
 # ============================================================================ list level
 @register("rd")
