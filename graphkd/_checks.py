@@ -9,7 +9,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-__all__ = ["check_finite", "check_features", "check_same_rows", "check_index"]
+__all__ = ["check_finite", "check_features", "check_batched", "check_same_rows", "check_index"]
 
 
 def check_finite(x: Tensor, name: str) -> None:
@@ -47,6 +47,19 @@ def check_features(x: Tensor, name: str, ndim: int = 2) -> None:
     if not x.is_floating_point():
         raise TypeError(f"`{name}` must be a floating tensor, got dtype {x.dtype}.")
     check_finite(x, name)
+
+
+def check_batched(x: Tensor, name: str) -> None:
+    """Check that ``x`` is a finite floating tensor with a batch axis: ``[N, D]`` features or a
+    ``[B, C, *spatial]`` map (any number of trailing dimensions)."""
+    if not isinstance(x, Tensor):
+        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
+    if x.dim() < 2:
+        raise ValueError(
+            f"`{name}` must have a batch dimension and features ([N, D] or [B, C, *spatial]), "
+            f"got shape {tuple(x.shape)}; for a single sample use x.unsqueeze(0)."
+        )
+    check_features(x, name, ndim=x.dim())
 
 
 def check_same_rows(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:

@@ -28,7 +28,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_index
+from graphkd._checks import check_batched, check_index
 from graphkd.losses.base import DistillLoss, register
 
 __all__ = [
@@ -48,15 +48,7 @@ AB_REDUCTIONS = ("mean", "batchmean", "sum")
 
 
 # ----------------------------------------------------------------------------- helpers
-def _check(x: Tensor, name: str) -> None:
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
-    if x.dim() < 2:
-        raise ValueError(
-            f"`{name}` must be [N, D] features or a [B, C, *spatial] map, got shape "
-            f"{tuple(x.shape)}; for a single sample use x.unsqueeze(0)."
-        )
-    check_features(x, name, ndim=x.dim())
+_check = check_batched
 
 
 def _check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str, hint: str) -> None:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from graphkd._checks import check_features, check_same_rows
+from graphkd._checks import check_batched, check_same_rows
 from graphkd.divergences import edge_huber, edge_mse
 from graphkd.kernels import offdiagonal, pairwise_kernel, pairwise_sqdist
 from graphkd.losses.base import DistillLoss, register
@@ -63,16 +63,8 @@ RKD_CHUNK_ELEMENTS = 1 << 21
 # ----------------------------------------------------------------------------- helpers
 def _flat(x: Tensor, name: str) -> Tensor:
     """``[B, *] -> [B, prod(*)]``, checked (floating, finite)."""
-    if not isinstance(x, Tensor):
-        raise TypeError(f"`{name}` must be a torch.Tensor, got {type(x).__name__}.")
-    if x.dim() < 2:
-        raise ValueError(
-            f"`{name}` must have a batch dimension and features, shape [B, ...], got shape "
-            f"{tuple(x.shape)}; for a single sample use x.unsqueeze(0)."
-        )
-    x = x.flatten(1)
-    check_features(x, name)
-    return x
+    check_batched(x, name)
+    return x.flatten(1)
 
 
 def _flat_pair(f_s: Tensor, f_t: Tensor, min_rows: int = 1) -> tuple[Tensor, Tensor]:
