@@ -5,6 +5,7 @@ Commands::
     recsys-distill run --teacher BPR --student BPR --method rrd --dataset ml-100k \\
         --teacher-config '{"embedding_size": 200}' --student-config '{"embedding_size": 20}' \\
         --set epochs=50 --set seed=1 [--config-file my.yaml] [--out result.json]
+    recsys-distill run --method rd --nproc 2        # RecBole's multi-process mode (DDP)
     recsys-distill train-teacher --model LightGCN --dataset ml-100k --model-config '{...}'
     recsys-distill methods
     recsys-distill quickstart [--epochs 20] [--methods none,rd,rrd]
@@ -81,6 +82,16 @@ def build_parser() -> argparse.ArgumentParser:
                      help="student hyperparameters as JSON/YAML")
     run.add_argument("--teacher-checkpoint", default=None,
                      help="teacher state file or RecBole checkpoint (skips teacher training)")
+    run.add_argument("--nproc", type=int, default=1,
+                     help="processes for the student (RecBole's multi-process mode: DDP, NCCL "
+                          "with one GPU each, gloo on CPU); the teacher and its soft labels are "
+                          "computed once")
+    run.add_argument("--world-size", type=int, default=-1,
+                     help="processes over all nodes (default: --nproc)")
+    run.add_argument("--ip", default="localhost", help="rank 0's address (several nodes)")
+    run.add_argument("--port", default=None, help="rank 0's port (default: a free port)")
+    run.add_argument("--group-offset", type=int, default=0,
+                     help="global rank of this node's first process (several nodes)")
     _add_common(run)
 
     teach = sub.add_parser("train-teacher", help="train a RecBole model and save a state file")
@@ -191,8 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
                 dataset=args.dataset, teacher_config=args.teacher_config,
                 student_config=args.student_config, teacher_checkpoint=args.teacher_checkpoint,
                 config_file_list=args.config_files, config_dict=_config_dict(args),
-                run_dir=args.run_dir, verbose=args.verbose)
-            _emit(result, args.out)
+                run_dir=args.run_dir, verbose=args.verbose, nproc=args.nproc,
+                world_size=args.world_size, ip=args.ip, port=args.port,
+                group_offset=args.group_offset)
+            if result is not None:  # None on a node without rank 0
+                _emit(result, args.out)
         elif args.command == "train-teacher":
             from recsys.recbole import ensure_teacher
 

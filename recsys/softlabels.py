@@ -69,6 +69,7 @@ __all__ = [
     "rank_user_range",
     "teacher_topk_to_disk",
     "load_topk_mmap",
+    "shared_teacher_topk",
 ]
 
 log = logging.getLogger(__name__)
@@ -910,3 +911,98 @@ def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
     ind, sc, us = (torch.from_numpy(_memmap(path, layout, key, "c")) for key in
                    ("indices", "scores", "users"))
     return TopK(ind, sc, int(layout["num_items"]), us)
+
+
+def _all_ranks_agree(flag: bool, group: Any) -> bool:
+    """True on every rank iff ``flag`` is True on every rank of ``group`` (a collective)."""
+    import torch.distributed as dist
+
+    flags: list[Any] = [None] * dist.get_world_size(group)
+    dist.all_gather_object(flags, bool(flag), group=group)
+    return all(flags)
+
+
+def shared_teacher_topk(
+    directory: str | Path,
+    teacher: nn.Module | Mapping[str, Tensor],
+    score_fn: Callable[[Tensor], Tensor],
+    users: Tensor | int,
+    num_items: int,
+    k: int,
+    *,
+    exclude: HistoryLike | None = None,
+    padding_item: int | None = 0,
+    chunk_size: int = 1024,
+    shard_users: int = 65536,
+    device: torch.device | str | None = None,
+    group: Any = None,
+    progress: bool = False,
+) -> TopK:
+    """The teacher's top-K computed once over all processes and shared through memory maps.
+
+    Every rank of ``group`` (the default process group when ``torch.distributed`` is
+    initialised; a single process otherwise) calls this with the same arguments. The soft labels
+    live in ``directory/topk-mmap-<fingerprint[:20]>-k<k>/`` (:func:`teacher_topk_to_disk`'s
+    layout, named by :func:`topk_fingerprint`, so another teacher, K, user set or history never
+    reuses it):
+
+    1. every rank tries :func:`load_topk_mmap`; if it succeeds on all ranks the labels are reused;
+    2. otherwise rank ``r`` of ``W`` scores only its users ``rank_user_range(U, r, W)`` and writes
+       them into the shared files (each user's row is computed by exactly one rank);
+    3. after a barrier, every rank maps the complete files read-only (zero-copy, copy-on-write:
+       the pages are shared by the processes through the OS page cache).
+
+    ``directory`` must be on a filesystem every rank sees (one machine: any local directory).
+
+    Args:
+        directory: parent directory of the extraction.
+        teacher: the teacher module (or its ``state_dict``), for the fingerprint.
+        score_fn, users, num_items, k, exclude, padding_item, chunk_size, shard_users, device,
+            progress: as in :func:`teacher_topk_to_disk`.
+        group: the process group (``None``: the default group, if initialised).
+
+    Returns:
+        the complete :class:`TopK` as CPU tensors over memory maps (row ``r`` = ``users[r]``);
+        equal to :func:`teacher_topk` (float32 scores).
+
+    Example:
+        >>> import tempfile
+        >>> U, V = torch.randn(20, 4), torch.randn(30, 4)
+        >>> top = shared_teacher_topk(tempfile.mkdtemp(), {"U": U, "V": V},
+        ...                           lambda u: U[u] @ V.T, 20, 30, 5)
+        >>> torch.equal(top.indices, teacher_topk(lambda u: U[u] @ V.T, 20, 30, 5).indices)
+        True
+    """
+    import torch.distributed as dist
+
+    distributed = dist.is_available() and dist.is_initialized()
+    rank = dist.get_rank(group) if distributed else 0
+    world = dist.get_world_size(group) if distributed else 1
+    dev = torch.device(device) if device is not None else (
+        users.device if isinstance(users, Tensor) else torch.device("cpu"))
+    users_t = _as_users(users, dev)
+    fp = topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t, exclude=exclude,
+                          padding_item=padding_item)
+    path = Path(directory) / f"topk-mmap-{fp[:20]}-k{k}"
+    try:
+        top: TopK | None = load_topk_mmap(path, fp)
+    except IncompleteTopKError:
+        top = None
+    if distributed:
+        reuse = _all_ranks_agree(top is not None, group)
+    else:
+        reuse = top is not None
+    if reuse:
+        log.info("rank %d: mapped the teacher's top-%d from %s", rank, k, path)
+        return top  # type: ignore[return-value]
+    del top
+    start, stop = rank_user_range(users_t.numel(), rank, world)
+    log.info("rank %d/%d: teacher top-%d of users [%d, %d) -> %s", rank, world, k, start, stop,
+             path)
+    teacher_topk_to_disk(score_fn, users_t, num_items, k, path, exclude=exclude,
+                         padding_item=padding_item, chunk_size=chunk_size,
+                         shard_users=shard_users, user_range=(start, stop), fingerprint=fp,
+                         device=dev, progress=progress and rank == 0)
+    if distributed:
+        dist.barrier(group=group)
+    return load_topk_mmap(path, fp)

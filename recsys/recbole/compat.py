@@ -21,6 +21,15 @@ already works.
   messages, raised from those modules.
 * ``Config`` parses ``sys.argv`` for ``--key=value`` pairs, so a host program's own options leak
   into RecBole's config: :func:`make_config` builds a ``Config`` with ``sys.argv`` hidden.
+* RecBole's multi-process mode (``run(..., nproc=N)``: ``local_rank`` / ``world_size`` / ``ip`` /
+  ``port`` / ``offset`` in the config) hard-codes NCCL and CUDA: ``Config._init_device`` calls
+  ``init_process_group(backend="nccl")`` and ``torch.cuda.set_device``, and
+  ``AbstractTrainer.__init__`` passes ``device_ids=[local_rank]`` to ``DistributedDataParallel``
+  and converts BatchNorm to ``torch.nn.SyncBatchNorm`` (CUDA only), so it cannot run on CPU, and
+  a second ``Config`` in the same process fails ("default process group twice").
+  :func:`patch_distributed_device` keeps RecBole's behaviour on CUDA and uses gloo on CPU
+  (``device_ids=None``, :class:`graphkd.sync_batchnorm.SyncBatchNorm`), initialising the group
+  once.
 * ``Trainer.__init__`` always creates ``./log_tensorboard/<name>`` in the current directory
   (``recbole.utils.get_tensorboard`` has a hard-coded base path): :func:`tensorboard_redirect`
   writes there only when asked, into a chosen directory, and uses a no-op writer otherwise.
@@ -47,6 +56,7 @@ __all__ = [
     "silence_known_warnings",
     "make_config",
     "load_recbole_checkpoint",
+    "patch_distributed_device",
     "tensorboard_redirect",
     "NullWriter",
 ]
@@ -101,6 +111,85 @@ def apply_patches() -> None:
     duplicates, so calling it again re-installs filters that a ``catch_warnings`` block reset)."""
     patch_scipy_dok_update()
     silence_known_warnings()
+    patch_distributed_device()
+
+
+# ----------------------------------------------------------------------------- distributed
+def _uses_cuda(gpu_id: str) -> bool:
+    return len(gpu_id) > 0 and torch.cuda.is_available()
+
+
+def _init_device(self: Any) -> None:
+    """``Config._init_device`` of RecBole 1.2.1, with gloo on CPU in multi-process mode and a
+    process group initialised at most once per process."""
+    import torch.distributed as dist
+
+    cfg = self.final_config_dict
+    gpu_id = cfg["gpu_id"]
+    gpu_id = ",".join(map(str, gpu_id)) if isinstance(gpu_id, tuple) else str(gpu_id)
+    cfg["gpu_id"] = gpu_id
+    os.environ["CUDA_VISIBLE_DEVICES"] = gpu_id
+    cuda = _uses_cuda(gpu_id)
+    if "local_rank" not in cfg:
+        cfg["single_spec"] = True
+        cfg["local_rank"] = 0
+        cfg["device"] = torch.device("cuda") if cuda else torch.device("cpu")
+        return
+    if cuda and len(gpu_id.split(",")) < cfg["nproc"]:
+        raise ValueError(f"nproc={cfg['nproc']} needs one GPU per process but gpu_id is "
+                         f"{gpu_id!r}")
+    if not dist.is_initialized():
+        dist.init_process_group(
+            backend="nccl" if cuda else "gloo",
+            rank=cfg["local_rank"] + cfg["offset"], world_size=cfg["world_size"],
+            init_method=f"tcp://{cfg['ip']}:{cfg['port']}")
+    cfg["single_spec"] = False
+    if cuda:
+        cfg["device"] = torch.device("cuda", cfg["local_rank"])
+        torch.cuda.set_device(cfg["local_rank"])
+    else:
+        cfg["device"] = torch.device("cpu")
+    if cfg["local_rank"] != 0:
+        cfg["state"] = "error"
+        cfg["show_progress"] = False
+        cfg["verbose"] = False
+
+
+def _trainer_init(self: Any, config: Any, model: Any) -> None:
+    """``AbstractTrainer.__init__`` of RecBole 1.2.1 that also runs DDP on CPU."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    self.config = config
+    self.model = model
+    if not config["single_spec"]:
+        has_bn = any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                     for m in model.modules())
+        device_ids: list[int] | None = None
+        if config["device"].type == "cuda":
+            self.model = torch.nn.SyncBatchNorm.convert_sync_batchnorm(model)
+            device_ids = [config["local_rank"]]
+        elif has_bn:
+            from graphkd.sync_batchnorm import convert_sync_batchnorm
+
+            self.model = convert_sync_batchnorm(model)
+        self.distributed_model = DistributedDataParallel(self.model, device_ids=device_ids)
+
+
+def patch_distributed_device() -> bool:
+    """Let RecBole's multi-process mode run on CPU (gloo) as well as on CUDA (nccl).
+
+    Returns:
+        True when the patch was installed now, False when it already was.
+    """
+    from recbole.config import Config
+    from recbole.trainer.trainer import AbstractTrainer
+
+    if getattr(Config._init_device, "_graphkd", False):
+        return False
+    _init_device._graphkd = True  # type: ignore[attr-defined]
+    Config._init_device = _init_device
+    AbstractTrainer.__init__ = _trainer_init
+    return True
 
 
 # ----------------------------------------------------------------------------- config

@@ -14,13 +14,16 @@ Config keys (defaults in ``recsys/recbole/defaults.yaml`` and ``<method>.yaml``)
   RecBole checkpoint; or pass ``teacher=`` to the constructor.
 * ``distill_method`` (str), ``distill_weight`` (float, the lambda), ``distill_params`` (dict of the
   method's hyperparameters), ``softlabel_k`` (int or None: the method's own default),
-  ``softlabel_cache_dir`` (str or None), ``softlabel_chunk_size`` (int).
+  ``softlabel_cache_dir`` (str or None), ``softlabel_chunk_size`` (int), ``softlabel_mmap``
+  (bool: keep the soft labels in memory-mapped files, computed once and shared by all processes;
+  always on in RecBole's multi-process mode).
 """
 
 from __future__ import annotations
 
 import logging
 import time
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -141,7 +144,7 @@ class DistillRecommender(GeneralRecommender):
         self._prepared = True
 
     def _soft_labels(self, cache_dir: str | None) -> Any:
-        from recsys.softlabels import cached_teacher_topk, teacher_topk
+        from recsys.softlabels import cached_teacher_topk, shared_teacher_topk, teacher_topk
 
         hist = self.ctx.history
         longest = int(hist.counts.max()) if self.distill.mask_history else 0
@@ -153,11 +156,19 @@ class DistillRecommender(GeneralRecommender):
             raise ValueError("no unobserved items left for some user: the dataset is too small "
                              "for ranking distillation")
         history = hist if self.distill.mask_history else None
-        cache = cache_dir or self.ctx.config["softlabel_cache_dir"]
-        chunk = int(self.ctx.config["softlabel_chunk_size"] or 1024)
+        cfg = self.ctx.config
+        cache = cache_dir or cfg["softlabel_cache_dir"]
+        chunk = int(cfg["softlabel_chunk_size"] or 1024)
         users = torch.arange(self.n_users, device=self.device)
         score_fn = self.ctx.teacher_full_scores
+        shared = not cfg["single_spec"] or bool(cfg["softlabel_mmap"])
         with torch.no_grad():
+            if shared:  # computed once over the ranks, mapped zero-copy by each
+                directory = cache or str(Path(cfg["checkpoint_dir"]) / "softlabels")
+                top = shared_teacher_topk(directory, self.teacher, score_fn, users,
+                                          self.n_items, k, exclude=history, chunk_size=chunk,
+                                          device=self.device)
+                return top.to(self.device) if self.device.type != "cpu" else top
             if cache:
                 return cached_teacher_topk(cache, self.teacher, score_fn, users, self.n_items, k,
                                            exclude=history, chunk_size=chunk, device=self.device)

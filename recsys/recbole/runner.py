@@ -62,7 +62,8 @@ DEFAULTS_YAML = _HERE / "defaults.yaml"
 _NOT_IN_KEY = {"device", "gpu_id", "show_progress", "state", "checkpoint_dir", "tensorboard_dir",
                "softlabel_cache_dir", "softlabel_chunk_size", "eval_batch_size", "worker",
                "single_spec", "local_rank", "student", "student_config", "distill_method",
-               "distill_weight", "distill_params", "teacher_checkpoint", "use_gpu"}
+               "distill_weight", "distill_params", "teacher_checkpoint", "use_gpu",
+               "softlabel_mmap", "nproc", "world_size", "ip", "port", "offset"}
 
 
 def method_yaml(method: str) -> Path:
@@ -232,6 +233,100 @@ def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any]
     return path, res.result
 
 
+def _distill_student(student: str, dataset: str, method: str, *,
+                     config_file_list: list[str] | None, config_dict: dict[str, Any],
+                     saved: bool, verbose: bool) -> dict[str, Any]:
+    """Build, train and test the ``DistillRecommender`` (in this process, or as one rank)."""
+    from recbole.utils import init_seed
+
+    cfg = build_config(distill_model_class(student), dataset, method=method,
+                       config_file_list=config_file_list, config_dict=config_dict)
+    data = prepare_data(cfg)
+    init_seed(cfg["seed"], cfg["reproducibility"])
+    model = distill_model_class(student)(cfg, data[0].dataset)
+    trainer = DistillTrainer(cfg, model)
+    result = _fit_and_test(cfg, model, trainer, data, saved, verbose)
+    return {**result, "softlabel_seconds": model.softlabel_seconds, **_replica_check(cfg, model)}
+
+
+def _train_student(student: str, dataset: str, *, student_config: dict[str, Any],
+                   config_file_list: list[str] | None, config_dict: dict[str, Any],
+                   saved: bool, verbose: bool) -> dict[str, Any]:
+    """:func:`train_model` for the student alone (``method="none"``), as one rank."""
+    res = train_model(student, dataset, model_config=student_config,
+                      config_file_list=config_file_list, config_dict=config_dict, saved=saved,
+                      verbose=verbose)
+    return {**res.result, **_replica_check(res.config, res.model)}
+
+
+def _state_digest(model: nn.Module) -> str:
+    h = hashlib.sha256()
+    for name, value in sorted(model.state_dict().items()):
+        h.update(name.encode())
+        h.update(value.detach().cpu().contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def _replica_check(config: Any, model: nn.Module) -> dict[str, Any]:
+    """In multi-process mode: ``world_size`` and whether every rank ends with bit-identical
+    trainable state (DDP keeps replicas equal; a broken gradient sync shows here)."""
+    if config["single_spec"]:
+        return {"world_size": 1}
+    import torch.distributed as dist
+
+    digests: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(digests, _state_digest(model))
+    return {"world_size": len(digests), "replicas_identical": len(set(digests)) == 1}
+
+
+def _rank_main(rank: int, target: Any, args: tuple[Any, ...], kwargs: dict[str, Any],
+               queue: Any) -> None:
+    """One process of RecBole's multi-process mode (module level, so ``spawn`` can pickle it).
+
+    Sets ``local_rank`` in the config (as RecBole's ``run_recboles``), runs ``target``, puts rank
+    0's result on ``queue`` and leaves the process group.
+    """
+    import torch
+    import torch.distributed as dist
+
+    if "OMP_NUM_THREADS" not in os.environ:  # share the cores instead of oversubscribing them
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // kwargs["config_dict"]["nproc"]))
+    kwargs["config_dict"] = {**kwargs["config_dict"], "local_rank": rank}
+    try:
+        result = target(*args, **kwargs)
+        if rank == 0:
+            queue.put(result)
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _spawn(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, nproc: int,
+           world_size: int, ip: str, port: int | str | None, group_offset: int) -> Any:
+    """Run ``target`` in ``nproc`` processes the way RecBole's ``run(nproc=...)`` does; rank 0's
+    result (None when this node has no rank 0)."""
+    import torch.multiprocessing as mp
+
+    from graphkd.distributed import free_port
+
+    if nproc < 1:
+        raise ValueError(f"nproc must be >= 1, got {nproc}")
+    world_size = nproc if world_size <= 0 else world_size
+    if world_size < nproc + group_offset:
+        raise ValueError(f"world_size={world_size} is smaller than group_offset + nproc = "
+                         f"{group_offset + nproc}")
+    if port is None:
+        if world_size != nproc:
+            raise ValueError("several nodes (world_size > nproc): pass the same ip and port to "
+                             "every node")
+        port = free_port(ip if ip != "localhost" else "127.0.0.1")
+    kwargs["config_dict"] = {**kwargs["config_dict"], "world_size": world_size, "ip": ip,
+                             "port": str(port), "nproc": nproc, "offset": group_offset}
+    queue = mp.get_context("spawn").SimpleQueue()
+    mp.spawn(_rank_main, args=(target, args, kwargs, queue), nprocs=nproc, join=True)
+    return None if queue.empty() else queue.get()
+
+
 def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: str = "rrd",
                      dataset: str = "ml-100k", *, teacher_config: dict[str, Any] | None = None,
                      student_config: dict[str, Any] | None = None,
@@ -239,9 +334,22 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
                      config_file_list: list[str] | None = None,
                      config_dict: dict[str, Any] | None = None,
                      run_dir: str | os.PathLike = "runs/recbole", saved: bool = True,
-                     verbose: bool = False) -> dict[str, Any]:
+                     verbose: bool = False, nproc: int = 1, world_size: int = -1,
+                     ip: str = "localhost", port: int | str | None = None,
+                     group_offset: int = 0) -> dict[str, Any]:
     """Distil ``teacher`` into ``student`` on ``dataset`` with ``method`` (or train the student
     alone with ``method="none"``), evaluated by RecBole's full-sort evaluator.
+
+    With ``nproc > 1`` (or ``world_size > 0``) the student trains in RecBole's own
+    multi-process mode (the arguments of RecBole's ``run``): this process trains or loads the
+    teacher once, then ``nproc`` processes each hold a replica of the student under
+    ``DistributedDataParallel`` (NCCL on CUDA, one GPU per process; gloo on CPU) and read a
+    ``1/world_size`` share of every batch. The teacher's soft labels are computed once -- each
+    rank scores its own user range into memory-mapped files
+    (:func:`recsys.softlabels.shared_teacher_topk`) -- and then mapped zero-copy by every rank.
+    Validation and test metrics are computed over all ranks' users, each once, by RecBole's
+    evaluator (:mod:`recsys.recbole.distributed`): equal to a single process evaluating the same
+    weights.
 
     Args:
         teacher: RecBole model name of the teacher (trained here unless a state file for it
@@ -253,30 +361,41 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
         teacher_checkpoint: a teacher state file or RecBole checkpoint to use as is.
         config_file_list, config_dict: RecBole config for the run (data, training, evaluation,
             ``distill_weight``, ``distill_params``, ...).
-        run_dir: where teachers, soft labels and checkpoints go.
+        run_dir: where teachers, soft labels and checkpoints go (shared by the processes).
         saved: save the best-validation checkpoint and test it (RecBole's ``saved``).
+        nproc: processes on this node (RecBole's ``nproc``).
+        world_size: processes over all nodes (``-1``: ``nproc``).
+        ip, port: rendezvous address of rank 0 (``port=None``: a free port, single node only).
+        group_offset: global rank of this node's first process (RecBole's ``group_offset``).
 
     Returns:
         RecBole-style ``{"best_valid_score", "valid_score_bigger", "best_valid_result",
         "test_result"}`` plus ``best_epoch``, ``epochs_run``, ``epoch_seconds``,
         ``epoch_cpu_seconds``, ``checkpoint``, ``softlabel_seconds``, ``method``, ``student``,
-        and ``teacher``
+        ``world_size`` (and ``replicas_identical`` with several processes), and ``teacher``
         (``{"model", "checkpoint", "result"}``; ``result`` is None when the teacher was reused).
+        With several nodes, only the node holding rank 0 gets the result (others get None).
     """
-    from recbole.utils import init_seed
-
     key = str(method).lower()
     method_yaml(key)  # validates the name before any training
     model_class(student)
     config_dict = dict(config_dict or {})
     config_dict.setdefault("checkpoint_dir", str(Path(run_dir) / "checkpoints"))
     student_config = dict(student_config or {})
+    multi = nproc > 1 or world_size > 0
+
+    def launch(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+        if not multi:
+            return target(*args, **kwargs)
+        return _spawn(target, args, kwargs, nproc=nproc, world_size=world_size, ip=ip,
+                      port=port, group_offset=group_offset)
+
     if key == "none":
-        res = train_model(student, dataset, model_config=student_config,
-                          config_file_list=config_file_list, config_dict=config_dict,
-                          saved=saved, verbose=verbose)
-        return {**res.result, "method": "none", "student": student, "softlabel_seconds": 0.0,
-                "teacher": None}
+        res = launch(_train_student, (student, dataset), {
+            "student_config": student_config, "config_file_list": config_file_list,
+            "config_dict": config_dict, "saved": saved, "verbose": verbose})
+        return None if res is None else {**res, "method": "none", "student": student,
+                                         "softlabel_seconds": 0.0, "teacher": None}
 
     teacher_info: dict[str, Any]
     if teacher_checkpoint is not None:
@@ -292,18 +411,13 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
         teacher_info = {"model": teacher, "checkpoint": str(teacher_path), "result": tres}
 
     config_dict.setdefault("softlabel_cache_dir", str(Path(run_dir) / "softlabels"))
-    cfg = build_config(distill_model_class(student), dataset, method=key,
-                       config_file_list=config_file_list,
-                       config_dict={**config_dict, "student": student,
-                                    "student_config": student_config,
-                                    "teacher_checkpoint": str(teacher_path)})
-    data = prepare_data(cfg)
-    init_seed(cfg["seed"], cfg["reproducibility"])
-    model = distill_model_class(student)(cfg, data[0].dataset)
-    trainer = DistillTrainer(cfg, model)
-    result = _fit_and_test(cfg, model, trainer, data, saved, verbose)
-    return {**result, "method": key, "student": student,
-            "softlabel_seconds": model.softlabel_seconds, "teacher": teacher_info}
+    config_dict.update({"student": student, "student_config": student_config,
+                        "teacher_checkpoint": str(teacher_path)})
+    res = launch(_distill_student, (student, dataset, key), {
+        "config_file_list": config_file_list, "config_dict": config_dict, "saved": saved,
+        "verbose": verbose})
+    return None if res is None else {**res, "method": key, "student": student,
+                                     "teacher": teacher_info}
 
 
 def load_student(checkpoint: str | os.PathLike, config: Any, dataset: Any) -> nn.Module:

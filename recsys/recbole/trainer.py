@@ -30,6 +30,7 @@ from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
 from recsys.recbole.compat import tensorboard_redirect
+from recsys.recbole.distributed import GlobalEvaluator, broadcast_object, sampler_indices
 
 __all__ = ["CHECKPOINT_FORMAT", "SafeCheckpointMixin", "SafeTrainer", "DistillTrainer",
            "safe_trainer_class", "load_checkpoint"]
@@ -72,6 +73,8 @@ class SafeCheckpointMixin:
     _count = 0
 
     def __init__(self, config: Any, model: Any) -> None:
+        # RecBole's ensure_dir (exists-then-makedirs) races when several ranks start together
+        Path(config["checkpoint_dir"]).mkdir(parents=True, exist_ok=True)
         with tensorboard_redirect(config["tensorboard_dir"]):
             super().__init__(config, model)
         # RecBole names checkpoints by the second: make the name unique per trainer
@@ -79,6 +82,9 @@ class SafeCheckpointMixin:
         stem = Path(self.saved_model_file).stem
         self.saved_model_file = str(Path(self.checkpoint_dir) / (
             f"{stem}-{os.getpid()}-{SafeCheckpointMixin._count}.pth"))
+        if self.distributed:  # rank 0 writes it, every rank reads it back
+            self.saved_model_file = broadcast_object(self.saved_model_file)
+            self.evaluator = GlobalEvaluator(self.evaluator)
         self.epoch_seconds: list[float] = []
         self.epoch_cpu_seconds: list[float] = []
 
@@ -94,6 +100,11 @@ class SafeCheckpointMixin:
 
     def _before_epoch(self, epoch_idx: int) -> None:
         """Hook run before each training epoch, inside the timed span."""
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this trainer runs in RecBole's multi-process mode."""
+        return not self.config["single_spec"]
 
     def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
         if not self.config["single_spec"] and self.config["local_rank"] != 0:
@@ -138,10 +149,27 @@ class SafeCheckpointMixin:
 
     def evaluate(self, eval_data: Any, load_best_model: bool = True, model_file: Any = None,
                  show_progress: bool = False) -> Any:
-        """RecBole's evaluate; ``load_best_model=True`` loads our checkpoint safely first."""
-        if eval_data and load_best_model:
+        """RecBole's evaluate; ``load_best_model=True`` loads our checkpoint safely first.
+
+        In multi-process mode the checkpoint is read after every rank arrives (rank 0 wrote
+        it), and full-sort metrics are computed once over all ranks' users
+        (:class:`~recsys.recbole.distributed.GlobalEvaluator`): equal to one process.
+        """
+        if not eval_data:
+            return None
+        if load_best_model:
+            if self.distributed:
+                torch.distributed.barrier()
             self.load_best(model_file)
+        if self.distributed:
+            self.evaluator.indices = sampler_indices(eval_data)
+            self.evaluator.total = int(eval_data.sample_size)
         return super().evaluate(eval_data, load_best_model=False, show_progress=show_progress)
+
+    def _map_reduce(self, result: Any, num_sample: int) -> Any:
+        if isinstance(self.evaluator, GlobalEvaluator) and self.evaluator.gathered:
+            return result  # already over every rank's users
+        return super()._map_reduce(result, num_sample)
 
 
 class SafeTrainer(SafeCheckpointMixin, Trainer):

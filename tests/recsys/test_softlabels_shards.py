@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -167,3 +168,60 @@ def test_load_is_zero_copy(tmp_path):
     # copy-on-write: changing the tensor never changes the file
     top.indices[0, 0] = -1
     assert load_topk_mmap(tmp_path).indices[0, 0] != -1
+
+
+# --------------------------------------------------------------------------- shared_teacher_topk
+def _shared_rank(folder: str) -> None:
+    import torch.distributed as dist
+
+    from recsys.softlabels import shared_teacher_topk
+
+    g = torch.Generator().manual_seed(0)
+    user_emb, item_emb = torch.randn(23, 4, generator=g), torch.randn(17, 4, generator=g)
+    scored: list[int] = []
+
+    def score(u):
+        scored.extend(u.tolist())
+        return user_emb[u] @ item_emb.T
+
+    state = {"U": user_emb, "V": item_emb}
+    first = shared_teacher_topk(folder, state, score, 23, 17, 4, chunk_size=5)
+    n_first = len(scored)
+    again = shared_teacher_topk(folder, state, score, 23, 17, 4, chunk_size=5)
+    out = {"scored": scored[:n_first], "rescored": len(scored) - n_first,
+           "indices": first.indices.tolist(), "same": torch.equal(again.indices, first.indices)}
+    Path(folder, f"rank{dist.get_rank()}.json").write_text(json.dumps(out))
+
+
+def test_shared_teacher_topk_scores_each_user_once_over_ranks(tmp_path):
+    from graphkd.distributed import launch
+
+    os.environ.pop("WORLD_SIZE", None)
+    launch(_shared_rank, 2, str(tmp_path), backend="gloo")
+    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in range(2)]
+    assert sorted(ranks[0]["scored"] + ranks[1]["scored"]) == list(range(23))  # once each
+    assert ranks[0]["scored"] == list(range(*rank_user_range(23, 0, 2)))
+    assert all(r["rescored"] == 0 and r["same"] for r in ranks)  # the second call maps the file
+    g = torch.Generator().manual_seed(0)
+    user_emb, item_emb = torch.randn(23, 4, generator=g), torch.randn(17, 4, generator=g)
+    ref = teacher_topk(lambda u: user_emb[u] @ item_emb.T, 23, 17, 4)
+    assert ranks[0]["indices"] == ranks[1]["indices"] == ref.indices.tolist()
+
+
+def test_shared_teacher_topk_one_process_reuses_and_keys_by_k(tmp_path):
+    from recsys.softlabels import shared_teacher_topk
+
+    user_emb, item_emb = torch.randn(9, 3), torch.randn(12, 3)
+    calls = []
+
+    def score(u):
+        calls.append(u.numel())
+        return user_emb[u] @ item_emb.T
+
+    state = {"U": user_emb}
+    a = shared_teacher_topk(tmp_path, state, score, 9, 12, 3)
+    b = shared_teacher_topk(tmp_path, state, score, 9, 12, 3)
+    assert sum(calls) == 9 and torch.equal(a.scores, b.scores)
+    c = shared_teacher_topk(tmp_path, state, score, 9, 12, 5)  # another K: another extraction
+    assert sum(calls) == 18 and c.k == 5
+    assert len(list(tmp_path.glob("topk-mmap-*"))) == 2
