@@ -66,3 +66,21 @@ def test_quickstart_table(base_config, run_dir, data_root):
     ndcg = float(lines[4].split("|")[4])
     assert ndcg == pytest.approx(out["results"]["rrd"]["test_result"]["ndcg@10"], abs=5e-5)
     assert out["results"]["rrd"]["teacher"]["checkpoint"] == out["teacher"]["checkpoint"]
+
+
+def test_run_passes_the_multi_process_options(monkeypatch, tmp_path, capsys):
+    import recsys.recbole
+
+    seen = {}
+
+    def fake(**kwargs):
+        seen.update(kwargs)
+        return None  # a node without rank 0 gets no result: nothing is printed
+
+    monkeypatch.setattr(recsys.recbole, "run_distillation", fake)
+    rc = main(["run", "--method", "rd", "--nproc", "2", "--world-size", "4", "--ip", "10.0.0.1",
+               "--port", "29500", "--group-offset", "2", "--out", str(tmp_path / "r.json")])
+    assert rc == 0
+    assert {k: seen[k] for k in ("nproc", "world_size", "ip", "port", "group_offset")} == {
+        "nproc": 2, "world_size": 4, "ip": "10.0.0.1", "port": "29500", "group_offset": 2}
+    assert capsys.readouterr().out == "" and not (tmp_path / "r.json").exists()

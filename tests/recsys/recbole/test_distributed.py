@@ -150,3 +150,18 @@ def test_gather_rows_puts_every_rank_row_in_dataset_order(tmp_path):
     merged = json.loads(out.read_text())
     assert merged["rec.topk"] == [[10 * i, 10 * i + 1] for i in range(7)]
     assert merged["rec.meanrank"] == [[i / 2] for i in range(7)]
+
+
+def test_multi_process_arguments_are_checked_before_spawning():
+    from recsys.recbole.runner import _spawn
+
+    kwargs = {"config_dict": {}}
+    with pytest.raises(ValueError, match="nproc must be >= 1"):
+        _spawn(print, (), kwargs, nproc=0, world_size=-1, ip="localhost", port=None,
+               group_offset=0)
+    with pytest.raises(ValueError, match="smaller than group_offset"):
+        _spawn(print, (), kwargs, nproc=2, world_size=3, ip="localhost", port=1,
+               group_offset=2)
+    with pytest.raises(ValueError, match="same ip and port"):
+        _spawn(print, (), kwargs, nproc=2, world_size=4, ip="10.0.0.1", port=None,
+               group_offset=0)
