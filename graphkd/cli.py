@@ -17,8 +17,10 @@ Several processes: ``graphkd distill --nproc N ...`` (or ``torchrun --nproc-per-
 graphkd.cli distill ...``) trains every student with DistributedDataParallel, relation methods
 on the global batch (:mod:`graphkd.distributed`; gloo on CPU, NCCL with one GPU per process).
 ``student.train.batch_size`` stays the *global* batch (``batch_size / N`` samples per process and
-step; it must divide). The teacher is trained once (in the launching process, or on rank 0 under
-torchrun) and loaded, frozen, by every process; only rank 0 prints and writes files.
+step; it must divide). ``--sync-bn`` (config ``sync_batchnorm: true``) synchronises the student's
+BatchNorm statistics over the processes. The teacher is trained once (in the launching process,
+or on rank 0 under torchrun) and loaded, frozen, by every process; only rank 0 prints and writes
+files.
 """
 
 from __future__ import annotations
@@ -53,6 +55,8 @@ def _load(args: argparse.Namespace):
         overrides.append(f"output_dir={args.output_dir}")
     if getattr(args, "device", None):
         overrides.append(f"device={args.device}")
+    if getattr(args, "sync_bn", False):
+        overrides.append("sync_batchnorm=true")
     return load_config(_find_config(args.config), overrides)
 
 
@@ -280,6 +284,10 @@ def build_parser() -> argparse.ArgumentParser:
                        help="training processes (DistributedDataParallel; gloo on CPU, NCCL "
                             "with one GPU per process); batch_size stays the global batch. "
                             "Under torchrun, leave it at 1.")
+        p.add_argument("--sync-bn", action="store_true",
+                       help="synchronise the student's BatchNorm statistics over the processes "
+                            "(graphkd.sync_batchnorm, CPU and CUDA); only meaningful with "
+                            "--nproc > 1 or torchrun")
         p.set_defaults(func=func)
 
     p = sub.add_parser("report", help="regenerate report.md/.png from results.json")

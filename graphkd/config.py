@@ -265,6 +265,11 @@ class ExperimentConfig:
         teacher_seed: seed of the teacher's training.
         metric: ``accuracy`` (classification) or ``rocauc`` (binary, OGB-style).
         device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
+        sync_batchnorm: with several processes (``graphkd distill --nproc N``, torchrun),
+            convert the student's BatchNorm layers to
+            :class:`graphkd.sync_batchnorm.SyncBatchNorm` (statistics over the global batch,
+            CPU and CUDA) before DDP; CLI ``--sync-bn``. No effect in a single process, on the
+            teacher, or on the cached teacher checkpoint.
         output_dir: directory for checkpoints, logs and reports.
         threads: ``torch.set_num_threads`` (``None``: torch's default).
     """
@@ -278,6 +283,7 @@ class ExperimentConfig:
     teacher_seed: int = 0
     metric: str = "accuracy"
     device: str = "cpu"
+    sync_batchnorm: bool = False
     output_dir: str = "runs"
     threads: int | None = None
 

@@ -263,7 +263,7 @@ def globalize(distiller: nn.Module, *, methods: Iterable[str] | None = None,
 
 
 def wrap(distiller: nn.Module, *, methods: Iterable[str] | None = None, group: Any = None,
-         **ddp_kwargs: Any) -> nn.Module:
+         sync_batchnorm: bool = False, **ddp_kwargs: Any) -> nn.Module:
     """Globalize a set-up Distiller's relation methods and wrap it in DDP.
 
     DDP wraps the whole Distiller, so the student *and* the methods' trainable heads are
@@ -272,11 +272,18 @@ def wrap(distiller: nn.Module, *, methods: Iterable[str] | None = None, group: A
     Distiller unchanged. ``ddp_kwargs`` go to ``DistributedDataParallel`` (``device_ids`` is set
     to the student's CUDA device when it has one); pass ``find_unused_parameters=True`` when some
     trainable parameter gets no gradient in a step (e.g. a two-stage method's stage-1 heads).
-    The student's BatchNorm layers use per-rank statistics unless converted with
-    ``nn.SyncBatchNorm.convert_sync_batchnorm(student)`` first.
+    The student's BatchNorm layers use per-rank statistics unless ``sync_batchnorm=True``,
+    which converts them (:func:`graphkd.sync_batchnorm.convert_sync_batchnorm`, in place,
+    keeping parameters, buffers and hooks) to :class:`graphkd.sync_batchnorm.SyncBatchNorm`:
+    statistics and their gradients over the global batch of ``group``, on CPU (gloo) as on
+    CUDA, so the student's forward and backward equal one process on the concatenated batch.
     """
     if not is_distributed():
         return distiller
+    if sync_batchnorm:
+        from graphkd.sync_batchnorm import convert_sync_batchnorm
+
+        distiller.student = convert_sync_batchnorm(distiller.student, process_group=group)
     globalize(distiller, methods=methods, group=group)
     first = next(distiller.parameters(), None)
     if first is not None and first.device.type == "cuda" and "device_ids" not in ddp_kwargs:

@@ -38,6 +38,9 @@ DDP's gradient average equals one process's gradient on the same global batch. R
 frozen replica per rank); validation and test run on rank 0 and their values are broadcast, so
 every rank selects the same epoch; the loss logs are averaged over ranks. Only rank 0's results
 should be reported (the CLI writes files and prints on rank 0 only). Epoch times are rank 0's.
+The student's BatchNorm layers use per-rank statistics unless ``sync_batchnorm: true`` (CLI
+``--sync-bn``) converts them to :class:`graphkd.sync_batchnorm.SyncBatchNorm` (global-batch
+statistics, DGCNN's EdgeConv included).
 
 Why not :func:`graphkd.train.fit`: the tables need the *test* metric at the best validation
 epoch for every epoch's candidate, learning-rate schedules, and an epoch time that excludes
@@ -69,6 +72,7 @@ from graphkd.config import (
     config_hash,
     to_dict,
 )
+from graphkd.sync_batchnorm import convert_sync_batchnorm
 
 __all__ = [
     "DataBundle",
@@ -569,6 +573,9 @@ def _make_student(
     on the global batch, student and heads synchronised, teacher replicated and frozen), a
     student alone via plain DDP. Every rank builds the same seeded student and heads (and runs
     stage 1 on the full training set with the same seed); DDP broadcasts rank 0's state anyway.
+    With ``cfg.sync_batchnorm`` the student's BatchNorm layers are converted in place to
+    :class:`graphkd.sync_batchnorm.SyncBatchNorm` before DDP (``gd.wrap(...,
+    sync_batchnorm=True)`` for a Distiller), so they normalise with global-batch statistics.
 
     Returns ``(student, trained module, step, stage-1 seconds)``; ``step(batch)`` returns the
     (weighted) loss dict.
@@ -582,7 +589,11 @@ def _make_student(
     student = build_model(cfg.student.model, data).to(device)
     if not method.uses_teacher:
         crit = metric.task_loss()
-        runner = _ddp(student, device) if distributed else student
+        runner = student
+        if distributed:
+            if cfg.sync_batchnorm:  # in place: `student` keeps its parameters and buffers
+                student = convert_sync_batchnorm(student)
+            runner = _ddp(student, device)
 
         def plain_step(batch):
             return {"task": crit(runner(batch), batch.y)}
@@ -597,7 +608,8 @@ def _make_student(
     if distributed:
         two_stage = any(getattr(m, "requires_pretraining", False)
                         for m in getattr(module, "match_losses", []))
-        wrapped = gd.wrap(module, find_unused_parameters=two_stage)
+        wrapped = gd.wrap(module, find_unused_parameters=two_stage,
+                          sync_batchnorm=cfg.sync_batchnorm)
 
     def distill_step(batch):
         return wrapped(batch)[1]

@@ -25,6 +25,7 @@ from torch import Tensor, nn
 
 from graphkd.graphs import EdgeSet
 from graphkd.models._common import GlobalPool, check_batch, check_points, mlp_head
+from graphkd.sync_batchnorm import global_moments, synchronises
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -110,7 +111,12 @@ class EdgeConv(nn.Module):
       with ``gamma >= 0`` and ``... min_j b_j`` where ``gamma < 0``;
     * the training-mode BN statistics over the edges have a closed form (:func:`_edge_moments`,
       one sparse neighbour sum);
-      running statistics are updated as ``nn.BatchNorm1d`` does (momentum, unbiased variance).
+      running statistics are updated as ``nn.BatchNorm1d`` does (momentum, unbiased variance);
+    * after :func:`graphkd.sync_batchnorm.convert_sync_batchnorm` (``self.bn`` a graphkd
+      ``SyncBatchNorm``), training with more than one process: every rank's edge count
+      ``N_r * k``, mean and centred sum of squares are combined exactly, with gradients
+      (:func:`graphkd.sync_batchnorm.global_moments`), so the normalisation, the gradients
+      and the running statistics are those of one process on the global batch.
 
     The result equals the edge-tensor pipeline (tests check values, gradients and running
     statistics against it) at a fraction of the CPU time.
@@ -156,8 +162,12 @@ class EdgeConv(nn.Module):
         extreme = _extreme_neighbour(b, nbr, sign)             # max_j (gamma>=0) / min_j b_j
         if self.training or bn.running_mean is None:
             mean, var = _edge_moments(a, b, edges)
+            count = n * k
+            if synchronises(bn, self.training):  # graphkd SyncBatchNorm, > 1 process
+                count, mean, m2 = global_moments(count, mean, var * count, bn.process_group)
+                var = m2 / max(count, 1)
             if self.training and bn.running_mean is not None:
-                self._update_running_stats(mean.detach(), var.detach(), n * k)
+                self._update_running_stats(mean.detach(), var.detach(), count)
         else:
             mean, var = bn.running_mean, bn.running_var
         h = (a + extreme - mean) * torch.rsqrt(var + bn.eps) * bn.weight + bn.bias

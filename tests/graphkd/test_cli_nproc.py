@@ -5,7 +5,8 @@
   ranks must equal a single-process run over the same global batches (each global batch = the
   two ranks' ``DistributedSampler`` shards of ``batch_size / 2`` samples).
 * ``graphkd distill --nproc 2`` on tiny digits clouds: the teacher is trained once, the results
-  are written and printed once (rank 0).
+  are written and printed once (rank 0); with ``--sync-bn`` (the student's BatchNorm layers
+  synchronised over the processes, DGCNN's EdgeConv included).
 """
 
 from __future__ import annotations
@@ -215,11 +216,13 @@ def test_distill_cli_nproc_writes_once_on_rank0(tmp_path, capfd):
     config = tmp_path / "tiny.yaml"
     config.write_text(yaml.safe_dump(TINY_DIGITS, sort_keys=False))
     out = tmp_path / "runs"
+    # --sync-bn: the DGCNN student's BatchNorm layers (EdgeConv's included) are converted to
+    # graphkd SyncBatchNorm and synchronised through DDP's forward and backward
     rc = main(["distill", "--config", str(config), "--output-dir", str(out), "--nproc", "2",
-               "--no-plot"])
+               "--no-plot", "--sync-bn"])
     assert rc == 0
     res = json.loads((out / "tiny" / "results.json").read_text())
-    assert res["world_size"] == 2
+    assert res["world_size"] == 2 and res["config"]["sync_batchnorm"] is True
     assert [r["method"] for r in res["runs"]] == ["student", "sp"]
     assert res["teacher"]["cached"]  # trained by the launching process, loaded by the ranks
     assert len(list((out / "tiny").glob("teacher-*.pt"))) == 1
