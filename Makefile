@@ -35,6 +35,7 @@ bench-quality: venv
 
 bench-recbole: venv
 	$(PY) -m benchmarks.recbole_ml100k
+	$(PY) -m benchmarks.recbole_multiprocess
 
 lint: venv
 	$(PY) -m ruff check .
