@@ -234,7 +234,10 @@ def _chunk_history(hist_ptr: Tensor, hist_col: Tensor, users: Tensor) -> tuple[T
 
 
 # ============================================================================ extraction
-def _as_users(users: Tensor | int, device: torch.device) -> Tensor:
+def _as_users(users: Tensor | int, device: torch.device | str | None) -> Tensor:
+    """``users`` as int64 ids on ``device`` (default: the ids' own device, CPU for a count)."""
+    if device is None:
+        device = users.device if isinstance(users, Tensor) else torch.device("cpu")
     if isinstance(users, int):
         if users < 1:
             raise ValueError(f"`users` as a count must be >= 1, got {users}.")
@@ -353,9 +356,8 @@ def _extract(
     device: torch.device | str | None, progress: bool = False, strict: bool = True,
 ) -> TopK:
     """:func:`teacher_topk`; ``strict=False`` allows rows whose tail is ``-inf`` (masked)."""
-    dev = torch.device(device) if device is not None else (
-        users.device if isinstance(users, Tensor) else torch.device("cpu"))
-    users_t = _as_users(users, dev)
+    users_t = _as_users(users, device)
+    dev = users_t.device
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be a positive int, got {k!r}.")
     if chunk_size < 1:
@@ -495,6 +497,15 @@ def topk_fingerprint(
     return h.hexdigest()
 
 
+def _keyed_users(teacher: nn.Module | Mapping[str, Tensor], users: Tensor | int, num_items: int,
+                 k: int, exclude: HistoryLike | None, padding_item: int | None,
+                 device: torch.device | str | None) -> tuple[Tensor, str]:
+    """``(user ids on device, topk_fingerprint)`` of an extraction (the cache key)."""
+    users_t = _as_users(users, device)
+    return users_t, topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t,
+                                     exclude=exclude, padding_item=padding_item)
+
+
 def _content_checksum(state: Mapping[str, Tensor]) -> Tensor:
     h = hashlib.sha256()
     for name in ("indices", "scores", "users", "num_items"):
@@ -583,11 +594,8 @@ def cached_teacher_topk(
     Returns:
         the :class:`TopK` on ``device`` (loaded or freshly computed and saved).
     """
-    dev = torch.device(device) if device is not None else (
-        users.device if isinstance(users, Tensor) else torch.device("cpu"))
-    users_t = _as_users(users, dev)
-    fp = topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t, exclude=exclude,
-                          padding_item=padding_item)
+    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device)
+    dev = users_t.device
     cache = Path(cache)
     path = cache if cache.suffix == ".pt" else cache / f"topk-{fp[:20]}-k{k}.pt"
     if path.exists():
@@ -772,9 +780,8 @@ def teacher_topk_to_disk(
         >>> load_topk_mmap(d).indices.shape
         torch.Size([100, 5])
     """
-    dev = torch.device(device) if device is not None else (
-        users.device if isinstance(users, Tensor) else torch.device("cpu"))
-    users_t = _as_users(users, dev)
+    users_t = _as_users(users, device)
+    dev = users_t.device
     n = users_t.numel()
     if not isinstance(k, int) or k < 1:
         raise ValueError(f"`k` must be a positive int, got {k!r}.")
@@ -978,11 +985,8 @@ def shared_teacher_topk(
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank(group) if distributed else 0
     world = dist.get_world_size(group) if distributed else 1
-    dev = torch.device(device) if device is not None else (
-        users.device if isinstance(users, Tensor) else torch.device("cpu"))
-    users_t = _as_users(users, dev)
-    fp = topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t, exclude=exclude,
-                          padding_item=padding_item)
+    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device)
+    dev = users_t.device
     path = Path(directory) / f"topk-mmap-{fp[:20]}-k{k}"
     try:
         top: TopK | None = load_topk_mmap(path, fp)

@@ -314,6 +314,7 @@ def test_unknown_method_lists_valid_names():
         Distiller(GIN(), GCN(), [Match("convs.1", "convs.0", "nope")], call=pyg_call)
 
 
+@pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")  # the mismatch under test
 def test_width_mismatch_names_the_match_and_widths():
     with pytest.raises(ValueError, match=r"t_distill_plain_mse\[convs\.0\].*student width\(s\) "
                                          r"8, teacher width\(s\) 16.*fails on the first batch"):
