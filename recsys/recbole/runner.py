@@ -327,6 +327,18 @@ def _spawn(target: Any, args: tuple[Any, ...], kwargs: dict[str, Any], *, nproc:
     return None if queue.empty() else queue.get()
 
 
+def _refuse_external_launcher() -> None:
+    """torchrun/SLURM-style launchers start one copy of the whole job per process: each would
+    train the teacher and the student on its own. RecBole's mode spawns the ranks itself."""
+    world = os.environ.get("WORLD_SIZE", "")
+    if world.isdigit() and int(world) > 1:
+        raise ValueError(
+            f"WORLD_SIZE={world} is set (torchrun?): the RecBole plugin starts its processes "
+            "itself, the way RecBole does. Run one launcher process with nproc=N "
+            "(recsys-distill run --nproc N), and world_size/ip/port/group_offset for several "
+            "nodes.")
+
+
 def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: str = "rrd",
                      dataset: str = "ml-100k", *, teacher_config: dict[str, Any] | None = None,
                      student_config: dict[str, Any] | None = None,
@@ -379,6 +391,7 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
     key = str(method).lower()
     method_yaml(key)  # validates the name before any training
     model_class(student)
+    _refuse_external_launcher()
     config_dict = dict(config_dict or {})
     config_dict.setdefault("checkpoint_dir", str(Path(run_dir) / "checkpoints"))
     student_config = dict(student_config or {})

@@ -165,3 +165,11 @@ def test_multi_process_arguments_are_checked_before_spawning():
     with pytest.raises(ValueError, match="same ip and port"):
         _spawn(print, (), kwargs, nproc=2, world_size=4, ip="10.0.0.1", port=None,
                group_offset=0)
+
+
+def test_an_external_launcher_is_refused_with_the_fix(monkeypatch):
+    from recsys.recbole import run_distillation
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ValueError, match="nproc=N"):
+        run_distillation(method="rd", dataset="tiny")
