@@ -8,6 +8,9 @@ Example:
     >>> res = run_distillation(teacher="BPR", student="BPR", method="rrd", dataset="ml-100k",
     ...                        teacher_config={"embedding_size": 200},
     ...                        student_config={"embedding_size": 20})  # doctest: +SKIP
+
+Several processes (RecBole's multi-process mode; DDP, soft labels computed once and
+memory-mapped, exact distributed evaluation): ``run_distillation(..., nproc=2)``.
 """
 
 from recsys.recbole.compat import apply_patches

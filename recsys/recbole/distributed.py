@@ -9,10 +9,12 @@ therefore neither over each user once nor correctly weighted (they drift from th
 single-process numbers by the padding and the batch-count weighting).
 
 :class:`GlobalEvaluator` fixes this where the collected rows are one per sampled user (full-sort
-evaluation, the plugin's default): before RecBole's ``Evaluator`` runs, every rank's per-user rows
-(``rec.topk``, ``rec.items``, ``rec.meanrank``, ...) are gathered and put back in dataset order,
-each user once, so the metrics are computed by RecBole's own evaluator on exactly the rows a
-single process would have. Other evaluation modes keep RecBole's reduction (with a warning).
+evaluation, the plugin's default, and RecBole's per-user negative-sampled modes such as
+``uni100``): before RecBole's ``Evaluator`` runs, every rank's per-user rows (``rec.topk``,
+``rec.items``, ``rec.meanrank``, ...) are gathered and put back in dataset order, each user once,
+so the metrics are computed by RecBole's own evaluator on exactly the rows a single process
+would have (with sampled negatives, each rank draws its users' negatives itself). Other
+evaluation modes keep RecBole's reduction (with a warning).
 """
 
 from __future__ import annotations
