@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from benchmarks.references import ref_pkt, ref_rkd_terms, ref_sp
 from graphkd.losses import get_loss
 from graphkd.losses.relation import (
     CC,
@@ -36,17 +37,6 @@ def _pair(b=9, ds=5, dt=7, device="cpu", seed=0):
 
 
 # --------------------------------------------------------------------------- references
-def ref_sp(f_s, f_t):
-    """RepDistiller distiller_zoo/SP.py similarity_loss."""
-    bsz = f_s.shape[0]
-    f_s = f_s.view(bsz, -1)
-    f_t = f_t.view(bsz, -1)
-    g_s = torch.nn.functional.normalize(torch.mm(f_s, torch.t(f_s)))
-    g_t = torch.nn.functional.normalize(torch.mm(f_t, torch.t(f_t)))
-    g_diff = g_t - g_s
-    return (g_diff * g_diff).view(-1, 1).sum(0)[0] / (bsz * bsz)
-
-
 def ref_sp_torchdistill(f_s, f_t):
     """torchdistill SPKDLoss (reduction='batchmean'): normalize(G, 1) is p=1 (L1 rows)."""
     def g(z):
@@ -67,52 +57,10 @@ def ref_sp_loops(f_s, f_t):
     return sum((gt[i][j] - gs[i][j]) ** 2 for i in range(b) for j in range(b)) / b**2
 
 
-def _pdist(e, eps=1e-12):
-    e_square = e.pow(2).sum(dim=1)
-    prod = e @ e.t()
-    res = (e_square.unsqueeze(1) + e_square.unsqueeze(0) - 2 * prod).clamp(min=eps).sqrt()
-    res = res.clone()
-    res[range(len(e)), range(len(e))] = 0
-    return res
-
-
 def ref_rkd(f_s, f_t, w_d=25.0, w_a=50.0):
-    """RepDistiller distiller_zoo/RKD.py, B x B x D angle tensor included."""
-    student = f_s.view(f_s.shape[0], -1)
-    teacher = f_t.view(f_t.shape[0], -1)
-    with torch.no_grad():
-        t_d = _pdist(teacher)
-        t_d = t_d / t_d[t_d > 0].mean()
-    d = _pdist(student)
-    d = d / d[d > 0].mean()
-    loss_d = F.smooth_l1_loss(d, t_d)
-    with torch.no_grad():
-        td = teacher.unsqueeze(0) - teacher.unsqueeze(1)
-        norm_td = F.normalize(td, p=2, dim=2)
-        t_angle = torch.bmm(norm_td, norm_td.transpose(1, 2)).view(-1)
-    sd = student.unsqueeze(0) - student.unsqueeze(1)
-    norm_sd = F.normalize(sd, p=2, dim=2)
-    s_angle = torch.bmm(norm_sd, norm_sd.transpose(1, 2)).view(-1)
-    loss_a = F.smooth_l1_loss(s_angle, t_angle)
+    """RepDistiller's RKD as ``(total, distance term, angle term)``."""
+    loss_d, loss_a = ref_rkd_terms(f_s, f_t)
     return w_d * loss_d + w_a * loss_a, loss_d, loss_a
-
-
-def ref_pkt(output_net, target_net, eps=1e-7):
-    """RepDistiller distiller_zoo/PKT.py cosine_similarity_loss."""
-    output_net_norm = torch.sqrt(torch.sum(output_net ** 2, dim=1, keepdim=True))
-    output_net = output_net / (output_net_norm + eps)
-    output_net[output_net != output_net] = 0
-    target_net_norm = torch.sqrt(torch.sum(target_net ** 2, dim=1, keepdim=True))
-    target_net = target_net / (target_net_norm + eps)
-    target_net[target_net != target_net] = 0
-    model_similarity = torch.mm(output_net, output_net.transpose(0, 1))
-    target_similarity = torch.mm(target_net, target_net.transpose(0, 1))
-    model_similarity = (model_similarity + 1.0) / 2.0
-    target_similarity = (target_similarity + 1.0) / 2.0
-    model_similarity = model_similarity / torch.sum(model_similarity, dim=1, keepdim=True)
-    target_similarity = target_similarity / torch.sum(target_similarity, dim=1, keepdim=True)
-    return torch.mean(target_similarity * torch.log((target_similarity + eps)
-                                                    / (model_similarity + eps)))
 
 
 def _cc_mat(linear_outputs, gamma=0.4, max_p=2):
