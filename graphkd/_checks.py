@@ -71,6 +71,13 @@ def check_same_rows(a: Tensor, b: Tensor, name_a: str, name_b: str) -> None:
         )
 
 
+def check_same_shape(a: Tensor, b: Tensor, name_a: str, name_b: str, hint: str = "") -> None:
+    """Check that two tensors have the same shape (``hint``: how to fix it, appended)."""
+    if a.shape != b.shape:
+        raise ValueError(f"{name_a} {tuple(a.shape)} and {name_b} {tuple(b.shape)} must have the "
+                         f"same shape{'; ' + hint if hint else '.'}")
+
+
 def check_index(index: Tensor, size: int, name: str) -> None:
     """Check that an integer index tensor lies in ``[0, size)``."""
     if index.dtype not in (torch.int64, torch.int32):

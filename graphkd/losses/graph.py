@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_same_rows
+from graphkd._checks import check_features, check_same_rows, check_same_shape
 from graphkd.divergences import edge_mse, info_nce, row_kl
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import KERNELS, edge_kernel, offdiagonal, pairwise_kernel, unit
@@ -559,11 +559,8 @@ def gcrd_loss(
     """
     check_features(z_s, "z_s")
     check_features(z_t, "z_t")
-    if z_s.shape != z_t.shape:
-        raise ValueError(
-            f"`z_s` {tuple(z_s.shape)} and `z_t` {tuple(z_t.shape)} must have the same shape; "
-            "project both models to a common width (GCRD's heads do this)."
-        )
+    check_same_shape(z_s, z_t, "`z_s`", "`z_t`",
+                     "project both models to a common width (GCRD's heads do this).")
     n = z_s.shape[0]
     nodes = _sample_nodes(n, max_samples, generator, z_s.device)
     if nodes is not None:

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphkd._checks import check_features
+from graphkd._checks import check_features, check_same_shape
 from graphkd.losses.base import DistillLoss, register
 
 __all__ = ["KD_REDUCTIONS", "kd_loss", "KD"]
@@ -50,11 +50,8 @@ def kd_loss(
     """
     check_features(logits_s, "logits_s")
     check_features(logits_t, "logits_t")
-    if logits_s.shape != logits_t.shape:
-        raise ValueError(
-            f"student logits {tuple(logits_s.shape)} and teacher logits "
-            f"{tuple(logits_t.shape)} must have the same shape [N, num_classes]."
-        )
+    check_same_shape(logits_s, logits_t, "student logits", "teacher logits",
+                     "both are [N, num_classes].")
     if not tau > 0:
         raise ValueError(f"`tau` must be > 0, got {tau}.")
     if reduction not in KD_REDUCTIONS:

@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from graphkd._checks import check_batched, check_same_rows
+from graphkd._checks import check_batched, check_same_rows, check_same_shape
 from graphkd.divergences import edge_huber, edge_mse
 from graphkd.kernels import offdiagonal, pairwise_kernel, pairwise_sqdist
 from graphkd.losses.base import DistillLoss, register
@@ -581,9 +581,7 @@ def irg_loss(
         check_same_rows(a, b, f"f_s[{i}]", f"f_t[{i}]")
         check_same_rows(a, s_flat[0], f"f_s[{i}]", "f_s[0]")
     z_s, z_t = s_flat[-1], t_flat[-1]
-    if z_s.shape != z_t.shape:
-        raise ValueError(f"student logits {tuple(z_s.shape)} and teacher logits "
-                         f"{tuple(z_t.shape)} must have the same shape.")
+    check_same_shape(z_s, z_t, "student logits", "teacher logits")
     n_layers = len(f_s) - 1
     pairs = ([(0, 1)] if n_layers >= 2 else []) if transform_pairs is None else list(
         transform_pairs)

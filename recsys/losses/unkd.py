@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
+from graphkd._checks import check_same_shape
 from graphkd.ops import row_sum
 from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
 
@@ -36,9 +37,7 @@ def unkd_loss(scores_i: Tensor, scores_j: Tensor, *, valid: Tensor | None = None
     """
     check_lists(scores_i, "scores_i")
     check_lists(scores_j, "scores_j", rows=scores_i.shape[0])
-    if scores_j.shape != scores_i.shape:
-        raise ValueError(f"`scores_i` {tuple(scores_i.shape)} and `scores_j` "
-                         f"{tuple(scores_j.shape)} must have the same shape.")
+    check_same_shape(scores_i, scores_j, "`scores_i`", "`scores_j`")
     u, p = scores_i.shape
     per_edge = -F.logsigmoid(scores_i - scores_j)
     edges = list_graph(u, p, scores_i.device)
