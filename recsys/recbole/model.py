@@ -168,7 +168,7 @@ class DistillRecommender(GeneralRecommender):
                 top = shared_teacher_topk(directory, self.teacher, score_fn, users,
                                           self.n_items, k, exclude=history, chunk_size=chunk,
                                           device=self.device)
-                return top.to(self.device) if self.device.type != "cpu" else top
+                return top.to(self.device)  # no copy on CPU: the maps stay zero-copy
             if cache:
                 return cached_teacher_topk(cache, self.teacher, score_fn, users, self.n_items, k,
                                            exclude=history, chunk_size=chunk, device=self.device)

@@ -107,7 +107,7 @@ class SafeCheckpointMixin:
         return not self.config["single_spec"]
 
     def _save_checkpoint(self, epoch: int, verbose: bool = True, **kwargs: Any) -> None:
-        if not self.config["single_spec"] and self.config["local_rank"] != 0:
+        if self.distributed and self.config["local_rank"] != 0:
             return
         path = Path(kwargs.pop("saved_model_file", self.saved_model_file))
         state = {
