@@ -2,8 +2,10 @@
 
 Files live under the data root (``datasets/`` at the repository root, ``$GRAPHKD_DATA``, or
 ``root=``); a missing file raises ``FileNotFoundError`` naming the path and the
-``datasets/<name>/README.md`` that says where to get it. Heavy imports (RDKit, h5py,
-scikit-learn, PyG) happen inside the loaders.
+``datasets/<name>/README.md`` that says where to get it; a damaged or malformed file (not HDF5,
+not UTF-8 text, a ragged CSV row, no data rows, no parsable SMILES, a ModelNet40 label outside
+``[0, 40)`` or a NaN point) raises ``ValueError`` naming the file and the row or sample. Heavy
+imports (RDKit, h5py, scikit-learn, PyG) happen inside the loaders.
 
 Point clouds: :func:`load_digits_pointclouds` (offline default), :func:`load_modelnet40`.
 Molecules: :func:`load_chembl_series` (offline default), :func:`load_molecule_csv`,

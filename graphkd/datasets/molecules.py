@@ -6,6 +6,10 @@
 * :func:`load_molecule_csv` -- MoleculeNet-style CSV: a SMILES column plus label columns (empty
   cells -> NaN, as in multi-task sets such as Tox21); invalid SMILES are skipped and counted.
 
+A file that cannot be what it claims -- not UTF-8 text, a row with a different number of fields
+than the header, no data rows, no parsable SMILES at all -- raises ``ValueError`` naming the file
+and, where one applies, the 1-based line.
+
 Every graph carries ``x`` ``[n, 9]``, ``edge_index`` ``[2, 2b]``, ``edge_attr`` ``[2b, 3]``
 (int64), ``y`` ``[1, T]`` and its ``smiles`` string (for :func:`~.splits.scaffold_split`).
 """
@@ -14,9 +18,11 @@ from __future__ import annotations
 
 import csv
 import gzip
+import io
 import logging
 import math
 import os
+import zlib
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -37,6 +43,7 @@ CHEMBL_ACTIVE_PIC50 = 7.0
 
 def smiles_to_graphs(
     smiles: Sequence[str], labels: torch.Tensor | None = None, *, source: str = "input",
+    lines: Sequence[int] | None = None,
 ) -> tuple[list, list[int]]:
     """Featurize many SMILES; invalid ones are skipped, counted and logged.
 
@@ -44,9 +51,16 @@ def smiles_to_graphs(
         smiles: ``M`` SMILES strings.
         labels: optional ``[M, T]`` labels; graph ``i`` gets ``y = labels[i:i+1]``.
         source: name used in the log message (e.g. a file path).
+        lines: optional 1-based line numbers of the ``M`` SMILES in ``source``; the messages then
+            name ``line N`` instead of the list index ``#i``.
 
     Returns:
         ``(graphs, kept)``: the ``Data`` of the valid molecules and their indices in ``smiles``.
+
+    Raises:
+        ValueError: when ``smiles`` is not empty and *none* of them can be parsed (an empty
+            dataset is never what the caller wants; the message names ``source``, the count and
+            the first bad entries). Some invalid SMILES among valid ones are only logged.
     """
     graphs, kept, bad = [], [], []
     for i, s in enumerate(smiles):
@@ -57,10 +71,79 @@ def smiles_to_graphs(
         except ValueError:
             bad.append(i)
     if bad:
-        shown = ", ".join(f"#{i} {smiles[i]!r}" for i in bad[:5])
+        where = (lambda i: f"#{i}") if lines is None else (lambda i: f"line {lines[i]}")
+        shown = ", ".join(f"{where(i)} {smiles[i]!r}" for i in bad[:5])
+        more = ", ..." if len(bad) > 5 else ""
+        if not graphs:
+            raise ValueError(
+                f"{source}: none of its {len(smiles)} SMILES can be parsed by RDKit ({shown}"
+                f"{more}). Check that the SMILES column is the right one (smiles_column=...) "
+                "and that the file is not damaged.")
         log.warning("%s: skipped %d of %d molecules whose SMILES RDKit cannot parse (%s%s).",
-                    source, len(bad), len(smiles), shown, ", ..." if len(bad) > 5 else "")
+                    source, len(bad), len(smiles), shown, more)
     return graphs, kept
+
+
+def _read_text(path: Path) -> str:
+    """The whole of a UTF-8 text file (``.gz``: gzip-compressed), with errors naming the file.
+
+    A leading UTF-8 byte-order mark (as Excel writes) is dropped. Bytes that are not UTF-8
+    (a binary file, an ``.xlsx`` renamed ``.csv``, a compressed file without ``.gz``) and a
+    ``.gz`` file that is not gzip or is truncated raise ``ValueError`` naming ``path``.
+    """
+    try:
+        if str(path).endswith(".gz"):
+            with gzip.open(path, "rb") as fh:
+                data = fh.read()
+        else:
+            data = Path(path).read_bytes()
+    except (gzip.BadGzipFile, EOFError, zlib.error) as err:
+        raise ValueError(f"{path} is not a valid gzip file ({err}). Re-download it, or drop the "
+                         "'.gz' suffix if it is plain text.") from err
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[:err.start].count(b"\n") + 1
+        raise ValueError(
+            f"{path} is not a UTF-8 text file: byte 0x{data[err.start]:02x} on line {line} "
+            "cannot be decoded. Is it a binary file (an Excel workbook, a compressed archive "
+            "without a .gz suffix)? Save it as a UTF-8 CSV, or check the path.") from err
+
+
+def _read_csv(path: Path) -> tuple[list[int], list[list[str]]]:
+    """The non-blank records of a CSV(.gz): ``(lines, rows)``, ``lines[k]`` 1-based.
+
+    ``lines[k]`` is the first physical line of record ``rows[k]`` (a quoted field may span
+    lines). Two parallel lists rather than ``(line, row)`` pairs: a million small tuples cost
+    more in garbage-collector passes than the parsing itself. Decoding and CSV syntax errors
+    raise ``ValueError`` naming ``path`` (and the line).
+    """
+    reader = csv.reader(io.StringIO(_read_text(path), newline=""))
+    lines, rows, start = [], [], 1
+    try:
+        for row in reader:
+            if row:
+                lines.append(start)
+                rows.append(row)
+            start = reader.line_num + 1
+    except csv.Error as err:
+        raise ValueError(f"{path}, line {start}: not valid CSV ({err}).") from err
+    return lines, rows
+
+
+def _check_widths(path: Path, lines: Sequence[int], rows: Sequence[Sequence[str]], width: int,
+                  what: str = "the header") -> None:
+    """``ValueError`` naming ``path`` and the first row whose field count is not ``width``."""
+    if all(len(row) == width for row in rows):
+        return
+    ragged = [(line, len(row)) for line, row in zip(lines, rows) if len(row) != width]
+    if ragged:
+        line, found = ragged[0]
+        others = f" ({len(ragged) - 1} more rows differ too)" if len(ragged) > 1 else ""
+        raise ValueError(
+            f"{path}, line {line}: expected {width} fields (as in {what}) but found {found}"
+            f"{others}. Fix that row: a missing or extra separator, or an unquoted comma "
+            "inside a field.")
 
 
 def _to_float(cell: str) -> float:
@@ -87,14 +170,17 @@ def load_molecule_csv(
         list of ``Data`` with ``y`` ``[1, T]``; rows with invalid SMILES are skipped and their
         count is logged (logger ``graphkd.datasets.molecules``).
 
+    Raises:
+        ValueError: naming the file (and the 1-based line where one applies) when it is not
+            UTF-8 text (e.g. binary), has no data rows, has a row whose number of fields differs
+            from the header's, has a non-numeric label cell, or none of its SMILES parses.
+
     Example:
         >>> graphs = load_molecule_csv("datasets/bbbp/BBBP.csv", smiles_column="smiles",
         ...                            label_columns=["p_np"])  # doctest: +SKIP
     """
     path = require(Path(path), "moleculenet", "a CSV with a SMILES column and label columns")
-    opener = gzip.open if str(path).endswith(".gz") else open
-    with opener(path, "rt", newline="") as fh:
-        rows = list(csv.reader(fh))
+    lines, rows = _read_csv(path)
     if not rows:
         raise ValueError(f"{path} is empty; expected a header row and one row per molecule.")
     header = [h.strip() for h in rows[0]]
@@ -103,7 +189,11 @@ def load_molecule_csv(
         raise ValueError(f"{path} has no column {smiles_column!r}; its columns are {header}. "
                          "Pass smiles_column=... naming the SMILES column.")
     s_idx = lower.index(smiles_column.lower())
-    body = [r for r in rows[1:] if r]
+    if len(rows) == 1:
+        raise ValueError(f"{path} has a header row ({header}) but no data rows; expected one "
+                         "row per molecule.")
+    lines, body = lines[1:], rows[1:]
+    _check_widths(path, lines, body, len(header))
     if label_columns is None:
         label_idx = []
         for j, name in enumerate(lower):
@@ -121,12 +211,16 @@ def load_molecule_csv(
         label_idx = [header.index(c) for c in label_columns]
     if not label_idx:
         raise ValueError(f"{path} has no numeric label column; pass label_columns=[...].")
-    try:
-        labels = torch.tensor([[_to_float(r[j]) for j in label_idx] for r in body], dtype=dtype)
-    except ValueError as err:
-        raise ValueError(f"{path}: a label cell is not a number ({err}).") from err
+    values = []
+    for line, r in zip(lines, body):
+        try:
+            values.append([_to_float(r[j]) for j in label_idx])
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line}: a label cell is not a number ({err}).") \
+                from err
+    labels = torch.tensor(values, dtype=dtype)
     smiles = [r[s_idx].strip() for r in body]
-    graphs, _ = smiles_to_graphs(smiles, labels, source=str(path))
+    graphs, _ = smiles_to_graphs(smiles, labels, source=str(path), lines=lines)
     return graphs
 
 
@@ -175,16 +269,30 @@ def load_chembl_series(
         act = require(base / "CHEMBL2321810_act.csv", "chembl2321810", "CHEMBL2321810_act.csv")
     else:
         smi, act = _chembl_files()
-    with open(act, newline="") as fh:
-        reader = csv.reader(fh)
-        next(reader)
-        pic50 = {r[0].strip(): float(r[1]) for r in reader if r}
-    pairs = [line.split() for line in smi.read_text().splitlines() if line.strip()]
+    act_lines, act_rows = (x[1:] for x in _read_csv(act))
+    if not act_rows:
+        raise ValueError(f"{act} has no data rows; expected a header and one 'id,pIC50' row "
+                         "per molecule.")
+    _check_widths(act, act_lines, act_rows, 2, "'id,pIC50'")
+    pic50 = {}
+    for line, r in zip(act_lines, act_rows):
+        try:
+            pic50[r[0].strip()] = float(r[1])
+        except ValueError as err:
+            raise ValueError(f"{act}, line {line}: the pIC50 {r[1]!r} is not a number.") \
+                from err
+    numbered = [(i, ln.split()) for i, ln in enumerate(_read_text(smi).splitlines(), 1)
+                if ln.strip()]
+    if not numbered:
+        raise ValueError(f"{smi} holds no molecules; expected one 'SMILES id' line per molecule.")
+    smi_lines, pairs = [i for i, _ in numbered], [p for _, p in numbered]
+    _check_widths(smi, smi_lines, pairs, 2, "'SMILES id'")
     missing = [cid for _, cid in pairs if cid not in pic50]
     if missing:
         raise ValueError(f"{act} has no pIC50 for {len(missing)} ids of {smi}, e.g. {missing[0]}.")
     values = torch.tensor([pic50[cid] for _, cid in pairs], dtype=torch.float32)
-    graphs, kept = smiles_to_graphs([s for s, _ in pairs], source=str(smi))
+    graphs, kept = smiles_to_graphs([s for s, _ in pairs], source=str(smi),
+                                    lines=smi_lines)
     for g, i in zip(graphs, kept):
         v = float(values[i])
         g.y = (torch.tensor([int(v >= threshold)]) if threshold is not None

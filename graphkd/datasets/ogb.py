@@ -22,8 +22,6 @@ the same order as :func:`~graphkd.datasets.features.smiles_to_data`. When ``raw/
 
 from __future__ import annotations
 
-import csv
-import gzip
 import math
 import os
 from pathlib import Path
@@ -31,23 +29,30 @@ from pathlib import Path
 import torch
 
 from graphkd.datasets._paths import dataset_dir, require
+from graphkd.datasets.molecules import _check_widths, _read_csv
 
 __all__ = ["read_ogb_raw", "load_ogbg", "load_ogb_split"]
 
 
-def _rows(path: Path) -> list[list[str]]:
-    with gzip.open(path, "rt", newline="") as fh:
-        return [r for r in csv.reader(fh) if r]
-
-
 def _matrix(path: Path) -> torch.Tensor:
-    """A headerless CSV(.gz) as int64 when every cell is an integer, else float32 (NaN allowed)."""
-    rows = _rows(path)
+    """A headerless CSV(.gz) as int64 when every cell is an integer, else float32 (NaN allowed).
+
+    A binary or damaged file, rows of different lengths and non-numeric cells raise
+    ``ValueError`` naming ``path`` (and the 1-based line).
+    """
+    lines, rows = _read_csv(path)
+    if rows:
+        _check_widths(path, lines, rows, len(rows[0]), "its first row")
     try:
         return torch.tensor([[int(c) for c in r] for r in rows], dtype=torch.long)
     except ValueError:
         pass
-    vals = [[math.nan if c.strip() in ("", "nan", "NaN") else float(c) for c in r] for r in rows]
+    vals = []
+    for line, r in zip(lines, rows):
+        try:
+            vals.append([math.nan if c.strip() in ("", "nan", "NaN") else float(c) for c in r])
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line}: a cell is not a number ({err}).") from err
     return torch.tensor(vals, dtype=torch.float32)
 
 
@@ -76,6 +81,9 @@ def read_ogb_raw(raw_dir: str | os.PathLike, *, add_inverse_edge: bool = True) -
     n_edges = _matrix(require(raw / "num-edge-list.csv.gz", name, need)).long().view(-1).tolist()
     opt = {k: (_matrix(raw / f"{k}.csv.gz") if (raw / f"{k}.csv.gz").exists() else None)
            for k in ("node-feat", "edge-feat", "graph-label")}
+    if not n_nodes:
+        raise ValueError(f"{raw}/num-node-list.csv.gz lists no graphs; the download is "
+                         "incomplete or damaged.")
     if len(n_nodes) != len(n_edges):
         raise ValueError(f"{raw}: num-node-list has {len(n_nodes)} graphs but num-edge-list "
                          f"has {len(n_edges)}; the folder is incomplete or mixed.")
@@ -113,23 +121,38 @@ def read_ogb_raw(raw_dir: str | os.PathLike, *, add_inverse_edge: bool = True) -
     return graphs
 
 
-def _read_mapping(path: Path) -> tuple[list[str], torch.Tensor | None]:
-    """``mapping/mol.csv.gz``: header row, a ``smiles`` column and label columns (+ ``mol_id``)."""
-    rows = _rows(path)
+def _read_mapping(path: Path) -> tuple[list[str], torch.Tensor | None, list[int]]:
+    """``mapping/mol.csv.gz``: header row, a ``smiles`` column and label columns (+ ``mol_id``).
+
+    Returns the SMILES, their labels (``None`` without label columns) and the 1-based lines.
+    """
+    lines, rows = _read_csv(path)
+    if not rows:
+        raise ValueError(f"{path} is empty; expected a header row and one row per molecule.")
     header = [h.strip().lower() for h in rows[0]]
     if "smiles" not in header:
         raise ValueError(f"{path} has no 'smiles' column (columns: {rows[0]}).")
+    if len(rows) == 1:
+        raise ValueError(f"{path} has a header row but no data rows; expected one row per "
+                         "molecule.")
+    lines, rows = lines[1:], rows[1:]
+    _check_widths(path, lines, rows, len(header))
     s = header.index("smiles")
     lab = [j for j, h in enumerate(header) if j != s and h != "mol_id"]
-    smiles = [r[s] for r in rows[1:]]
+    smiles = [r[s] for r in rows]
     if not lab:
-        return smiles, None
-    vals = [[math.nan if r[j].strip() in ("", "nan") else float(r[j]) for j in lab]
-            for r in rows[1:]]
+        return smiles, None, lines
+    vals = []
+    for line, r in zip(lines, rows):
+        try:
+            vals.append([math.nan if r[j].strip() in ("", "nan") else float(r[j]) for j in lab])
+        except ValueError as err:
+            raise ValueError(f"{path}, line {line}: a label cell is not a number ({err}).") \
+                from err
     y = torch.tensor(vals, dtype=torch.float32)
     if not bool(torch.isnan(y).any()) and bool((y == y.round()).all()):
         y = y.long()
-    return smiles, y
+    return smiles, y, lines
 
 
 def load_ogbg(name: str = "ogbg-molhiv", root: str | os.PathLike | None = None) -> list:
@@ -150,7 +173,7 @@ def load_ogbg(name: str = "ogbg-molhiv", root: str | os.PathLike | None = None) 
     if raw.is_dir():
         graphs = read_ogb_raw(raw)
         if mapping.exists():
-            smiles, _ = _read_mapping(mapping)
+            smiles, _, _ = _read_mapping(mapping)
             if len(smiles) != len(graphs):
                 raise ValueError(f"{mapping} lists {len(smiles)} molecules but {raw} holds "
                                  f"{len(graphs)} graphs.")
@@ -160,8 +183,8 @@ def load_ogbg(name: str = "ogbg-molhiv", root: str | os.PathLike | None = None) 
     if mapping.exists():
         from graphkd.datasets.molecules import smiles_to_graphs
 
-        smiles, y = _read_mapping(mapping)
-        graphs, _ = smiles_to_graphs(smiles, y, source=str(mapping))
+        smiles, y, lines = _read_mapping(mapping)
+        graphs, _ = smiles_to_graphs(smiles, y, source=str(mapping), lines=lines)
         return graphs
     require(raw, folder, "an OGB 'raw/' folder (edge.csv.gz, num-node-list.csv.gz, "
                          "num-edge-list.csv.gz, node-feat.csv.gz, edge-feat.csv.gz, "

@@ -31,6 +31,7 @@ __all__ = [
 ]
 
 MODELNET40_DIR = "modelnet40_ply_hdf5_2048"
+_MODELNET40_CLASSES = 40
 
 
 def image_to_points(image: Tensor, num_points: int, generator: torch.Generator | None = None,
@@ -132,12 +133,18 @@ def load_modelnet40(
     Returns:
         list of ``Data`` with ``pos`` ``[num_points, 3]`` float32 and ``y`` ``[1]`` int64.
 
+    Raises:
+        FileNotFoundError: the folder or its ``ply_data_<split>*.h5`` files are missing.
+        ValueError: naming the file when it is not a valid (or is a damaged) HDF5 file, lacks
+            the ``data``/``label`` datasets or has the wrong shapes, or (naming the file and the
+            first offending 0-based sample index in it) holds a label outside ``[0, 40)`` or a
+            non-finite (NaN/inf) coordinate.
+
     Example:
         >>> train = load_modelnet40("train", num_points=1024)  # doctest: +SKIP
     """
     if split not in ("train", "test"):
         raise ValueError(f"`split` must be 'train' or 'test', got {split!r}.")
-    import h5py
     from torch_geometric.data import Data
 
     base = require(dataset_dir(MODELNET40_DIR, root), MODELNET40_DIR,
@@ -150,18 +157,63 @@ def load_modelnet40(
         )
     out = []
     for path in files:
-        with h5py.File(path, "r") as f:
-            if "data" not in f or "label" not in f:
-                raise ValueError(f"{path} must hold datasets 'data' [n, P, 3] and 'label' "
-                                 f"[n, 1]; found keys {sorted(f.keys())}.")
-            pos = torch.from_numpy(f["data"][:].astype("float32"))
-            label = torch.from_numpy(f["label"][:].astype("int64")).view(-1)
+        pos, label = _read_h5(path)
         if pos.dim() != 3 or pos.shape[2] != 3 or label.shape[0] != pos.shape[0]:
             raise ValueError(f"{path}: 'data' must be [n, P, 3] and 'label' [n, 1]; got "
                              f"{tuple(pos.shape)} and {tuple(label.shape)}.")
         if num_points > pos.shape[1]:
             raise ValueError(f"num_points={num_points} but {path} holds {pos.shape[1]} points "
                              "per shape.")
+        _check_samples(path, pos, label)
         out += [Data(pos=p[:num_points].clone(), y=label[i:i + 1])
                 for i, p in enumerate(pos)]
     return out
+
+
+def _read_h5(path: Path) -> tuple[Tensor, Tensor]:
+    """``data`` as float32 ``[n, P, 3]`` and ``label`` as int64 ``[n]`` of one ModelNet40 file.
+
+    h5py's own errors for a file that is not HDF5 (``file signature not found``) or is damaged
+    do not always name the file; they are re-raised as ``ValueError`` that does. Errors of the
+    operating system (a missing file, no permission) keep their ``OSError`` subclass.
+    """
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            if "data" not in f or "label" not in f:
+                raise ValueError(f"{path} must hold datasets 'data' [n, P, 3] and 'label' "
+                                 f"[n, 1]; found keys {sorted(f.keys())}.")
+            data, label = f["data"][()], f["label"][()]
+    except OSError as err:
+        if type(err) is not OSError:        # FileNotFoundError, PermissionError, ...
+            raise
+        raise ValueError(
+            f"{path} is not a valid HDF5 file, or is damaged (h5py: {err}). Re-download the "
+            f"ModelNet40 archive ({readme_for(MODELNET40_DIR)} says where) and unzip it again, "
+            "or check the path.") from err
+    try:
+        pos = torch.from_numpy(data.astype("float32"))
+        lab = torch.from_numpy(label.astype("int64")).view(-1)
+    except (TypeError, ValueError, AttributeError) as err:
+        raise ValueError(f"{path}: 'data' must be a float array [n, P, 3] and 'label' an "
+                         f"integer array [n, 1] ({err}).") from err
+    return pos, lab
+
+
+def _check_samples(path: Path, pos: Tensor, label: Tensor) -> None:
+    """``ValueError`` naming ``path`` and the first sample with a bad label or coordinate."""
+    bad = ((label < 0) | (label >= _MODELNET40_CLASSES)).nonzero().view(-1)
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"{path}: sample {i} (0-based, in file order) has label {int(label[i])}, outside "
+            f"[0, {_MODELNET40_CLASSES}); {bad.numel()} of {label.numel()} labels are out of "
+            "range. The file is damaged or is not a ModelNet40 file; re-download it.")
+    bad = (~torch.isfinite(pos)).flatten(1).any(1).nonzero().view(-1)
+    if bad.numel():
+        i = int(bad[0])
+        raise ValueError(
+            f"{path}: sample {i} (0-based, in file order) has a non-finite (NaN or inf) "
+            f"coordinate; {bad.numel()} of {pos.shape[0]} samples do. The file is damaged; "
+            "re-download it.")
