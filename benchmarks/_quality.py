@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown
+from graphkd.fileio import atomic_write_text
 
 __all__ = ["main", "write_outputs"]
 
@@ -51,7 +52,7 @@ def write_outputs(name: str, blob: dict[str, Any], out: Path) -> list[Path]:
 
     out.mkdir(parents=True, exist_ok=True)
     paths = [out / f"{name}.json"]
-    paths[0].write_text(json.dumps(blob, indent=1, default=str) + "\n")
+    atomic_write_text(paths[0], json.dumps(blob, indent=1, default=str) + "\n")
     parts = [f"# {blob.get('title', name)}", ""]
     if blob.get("machine"):
         parts += [f"Machine: {machine_markdown(blob['machine'])}", ""]
@@ -79,7 +80,7 @@ def write_outputs(name: str, blob: dict[str, Any], out: Path) -> list[Path]:
         if missing:
             parts += [f"**Incomplete**: not run (time budget): {', '.join(missing)}.", ""]
     md = out / f"{name}.md"
-    md.write_text("\n".join(parts).rstrip() + "\n")
+    atomic_write_text(md, "\n".join(parts).rstrip() + "\n")
     paths.append(md)
     return paths
 
@@ -108,7 +109,7 @@ def main(name: str, doc: str, datasets: dict[str, tuple[str, Any]],
                                   [f"seeds={res['seeds']}", *args.set])
                 res["step_times"] = step_times(cfg, res["methods"], rounds=args.timing_rounds)
                 res["step_times"]["load_average"] = os.getloadavg()
-                jpath.write_text(json.dumps(blob, indent=1, default=str) + "\n")
+                atomic_write_text(jpath, json.dumps(blob, indent=1, default=str) + "\n")
         for p in write_outputs(name, blob, out):
             print(p)
         return 0
@@ -135,7 +136,7 @@ def main(name: str, doc: str, datasets: dict[str, tuple[str, Any]],
         def save(partial: dict[str, Any], key: str = key, t0: float = t0) -> None:
             blob["datasets"][key] = partial
             out.mkdir(parents=True, exist_ok=True)
-            jpath.write_text(json.dumps(blob, indent=1, default=str) + "\n")
+            atomic_write_text(jpath, json.dumps(blob, indent=1, default=str) + "\n")
             r = partial["runs"][-1]
             print(f"[{name}] {key} {r['method']:8s} seed {r['seed']}: test {r['test']:.4f} "
                   f"(epoch {r['best_epoch']}), {r['epoch_time']:.3f} s/epoch "

@@ -56,6 +56,8 @@ from typing import Any
 
 import torch
 
+from graphkd.fileio import atomic_write_text
+
 __all__ = [
     "RESULTS_DIR",
     "sync",
@@ -536,8 +538,8 @@ def write_results(name: str, data: dict[str, Any], markdown: str,
     out = RESULTS_DIR if directory is None else Path(directory)
     out.mkdir(parents=True, exist_ok=True)
     jpath, mpath = out / f"{name}.json", out / f"{name}.md"
-    jpath.write_text(json.dumps(data, indent=2, default=str) + "\n")
-    mpath.write_text(markdown.rstrip() + "\n")
+    atomic_write_text(jpath, json.dumps(data, indent=2, default=str) + "\n")
+    atomic_write_text(mpath, markdown.rstrip() + "\n")
     return jpath, mpath
 
 

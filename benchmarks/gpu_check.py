@@ -41,6 +41,7 @@ from typing import Any
 import torch
 
 from benchmarks._util import RESULTS_DIR, machine_info
+from graphkd.fileio import atomic_write_text
 
 __all__ = ["main", "build_parser", "cuda_status", "pytest_command", "parse_junit",
            "compare_timings", "build_report", "write_report", "NO_CUDA_EXIT"]
@@ -266,7 +267,7 @@ def write_report(report: dict[str, Any], path: str | Path) -> Path:
     """Write the report as indented JSON (creating the folder)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(report, indent=2, default=str) + "\n")
+    atomic_write_text(path, json.dumps(report, indent=2, default=str) + "\n")
     return path
 
 

@@ -42,6 +42,7 @@ import time
 from typing import Any
 
 from benchmarks._util import fmt_bytes, fmt_time, machine_info, markdown_table, write_results
+from graphkd.fileio import atomic_write_text
 
 SIZES = (1_000, 10_000, 50_000, 100_000, 200_000)
 QUICK_SIZES = (1_000, 10_000, 20_000)
@@ -244,7 +245,7 @@ def main(argv: list[str] | None = None) -> int:
         data = json.loads(Path(args.render).read_text())
         data["summary"] = summarize(data["rows"])
         md = render(data)
-        Path(args.render).with_suffix(".md").write_text(md.rstrip() + "\n")
+        atomic_write_text(Path(args.render).with_suffix(".md"), md.rstrip() + "\n")
         print(md)
         return 0
     if args.sizes is None:

@@ -21,10 +21,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
 import json
 import math
-import os
 import statistics
 import time
 from collections.abc import Callable, Iterator
@@ -33,6 +31,7 @@ from typing import Any
 import torch
 
 from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table
+from graphkd.fileio import atomic_write, atomic_write_text, file_lock
 
 NAME = "recbole_ml100k"
 JSON_PATH = RESULTS_DIR / f"{NAME}.json"
@@ -56,19 +55,12 @@ def _load() -> dict[str, Any]:
 @contextlib.contextmanager
 def _locked() -> Iterator[None]:
     """An exclusive lock on the results file (several seeds may run as parallel processes)."""
-    JSON_PATH.parent.mkdir(parents=True, exist_ok=True)
-    with open(JSON_PATH.with_suffix(".lock"), "w") as f:
-        fcntl.flock(f, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(f, fcntl.LOCK_UN)
+    with file_lock(JSON_PATH):  # recbole_ml100k.json.lock
+        yield
 
 
 def _save(data: dict[str, Any]) -> None:
-    tmp = JSON_PATH.with_suffix(f".json.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=1, default=str) + "\n")
-    tmp.replace(JSON_PATH)
+    atomic_write_text(JSON_PATH, json.dumps(data, indent=1, default=str) + "\n")
 
 
 def _update(fn: Callable[[dict[str, Any]], None]) -> dict[str, Any]:
@@ -306,7 +298,7 @@ def render(data: dict[str, Any] | None = None) -> str:
               "machine make noisy. Target <= 1.5. Teacher top-K extraction: wall time of the "
               "teacher's masked top-K (K = the method's list length) for all users.", ""]
     md = "\n".join(lines)
-    (RESULTS_DIR / f"{NAME}.md").write_text(md + "\n")
+    atomic_write_text(RESULTS_DIR / f"{NAME}.md", md + "\n")
     _plot(data)
     return md
 
@@ -353,7 +345,7 @@ def _plot(data: dict[str, Any]) -> None:
                      f" -> BPR 20, ml-100k")
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(RESULTS_DIR / f"{NAME}.png", dpi=120)
+    atomic_write(RESULTS_DIR / f"{NAME}.png", lambda fh: fig.savefig(fh, format="png", dpi=120))
     plt.close(fig)
 
 

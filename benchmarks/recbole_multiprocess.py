@@ -35,6 +35,7 @@ from typing import Any
 import torch
 
 from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table
+from graphkd.fileio import atomic_write_text
 
 NAME = "recbole_multiprocess"
 JSON_PATH = RESULTS_DIR / f"{NAME}.json"
@@ -103,7 +104,7 @@ def _run(args: argparse.Namespace) -> None:
                   f"{entry['epoch_seconds_mean']:.2f} s/epoch, "
                   f"soft labels {entry['softlabel_seconds']:.2f} s, ndcg@10 "
                   f"{entry['test_result']['ndcg@10']:.4f}", flush=True)
-            JSON_PATH.write_text(json.dumps(data, indent=1, default=str) + "\n")
+            atomic_write_text(JSON_PATH, json.dumps(data, indent=1, default=str) + "\n")
     print(render(data))
 
 
@@ -178,7 +179,7 @@ def render(data: dict[str, Any] | None = None) -> str:
         "",
         machine_markdown(setup["machine"]),
     ]) + "\n"
-    (RESULTS_DIR / f"{NAME}.md").write_text(text)
+    atomic_write_text(RESULTS_DIR / f"{NAME}.md", text)
     return text
 
 

@@ -23,9 +23,16 @@ interaction pairs with :func:`history_from_interactions`. A user with no history
 
 :func:`cached_teacher_topk` stores the result on disk as plain tensors (``torch.save`` of a
 ``dict[str, Tensor]``, loadable with ``torch.load(path, weights_only=True)``), keyed by a SHA-256
-fingerprint of the teacher's weights, ``K``, the users, the item count, the padding item and the
-exclusion set. A stale file (another fingerprint) or a corrupt one (unreadable, missing keys,
-checksum mismatch) is detected, logged and rebuilt, never silently used.
+fingerprint (:func:`topk_fingerprint`) of everything that defines the scores: the teacher's
+weights, the score function's identity (:func:`score_fn_key`, or the caller's ``score_key``),
+``K``, the users, the item count, the padding item, the exclusion set and the stored score dtype.
+A stale file (another fingerprint) or a corrupt one (unreadable, missing keys, checksum mismatch)
+is detected, logged and rebuilt, never silently used.
+
+Concurrency: every file is written with :mod:`graphkd.fileio` (a temporary file unique to the
+writer, then an atomic rename), and shared caches are filled under an inter-process lock
+(:func:`graphkd.fileio.file_lock`: "first writer wins, the others wait, then read"), so N
+processes asking for the same soft labels at once compute them once and all get the same result.
 
 Example:
     >>> U, V = torch.randn(100, 8), torch.randn(50, 8)
@@ -38,11 +45,16 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
+import dis
+import functools
 import hashlib
+import inspect
 import json
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -52,6 +64,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
+from graphkd.fileio import atomic_torch_save, atomic_write_json, file_lock
 from graphkd.graphs import EdgeSet
 
 __all__ = [
@@ -61,11 +74,13 @@ __all__ = [
     "as_history",
     "teacher_topk",
     "topk_fingerprint",
+    "score_fn_key",
     "save_topk",
     "load_topk",
     "cached_teacher_topk",
     "CacheError",
     "IncompleteTopKError",
+    "CorruptTopKError",
     "rank_user_range",
     "teacher_topk_to_disk",
     "load_topk_mmap",
@@ -77,7 +92,8 @@ log = logging.getLogger(__name__)
 #: Accepted forms of a user x item history: EdgeSet, scipy.sparse matrix, or ``(ptr, col)``.
 HistoryLike = Any  # EdgeSet | tuple[Tensor, Tensor] | scipy.sparse matrix
 
-_CACHE_VERSION = 1
+_CACHE_VERSION = 1  # the .pt file format
+_KEY_VERSION = 2  # what the fingerprint covers (2: + score function identity, scores dtype)
 
 
 # ============================================================================ TopK
@@ -465,6 +481,123 @@ def _hash_tensor(h: Any, t: Tensor) -> None:
     h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
 
 
+_VALUE_TYPES = (bool, int, float, complex, str, bytes, type(None), torch.dtype, torch.device)
+
+
+def _tensor_id(t: Tensor) -> tuple[Any, ...]:
+    return (t.device, t.data_ptr(), t.dtype, tuple(t.shape), tuple(t.stride()))
+
+
+def _source_digest(obj: Any) -> str:
+    """blake2b of ``inspect.getsource(obj)``, or ``"-"`` where the source is unavailable."""
+    try:
+        src = inspect.getsource(obj)
+    except (OSError, TypeError):
+        return "-"
+    return hashlib.blake2b(src.encode(), digest_size=16).hexdigest()
+
+
+def _code_digest(h: Any, code: Any) -> None:
+    """The bytecode, names and constants of ``code`` (nested code objects included)."""
+    h.update(code.co_code + b"|" + "|".join(code.co_names).encode() + b"|")
+    for const in code.co_consts:
+        if inspect.iscode(const):
+            _code_digest(h, const)
+        else:
+            h.update(f"{type(const).__name__}:{const!r}|".encode())
+
+
+def _describe(h: Any, obj: Any, known: Mapping[tuple[Any, ...], str], depth: int = 0) -> None:
+    """Feed a deterministic, process-independent description of ``obj`` to ``h``."""
+    if depth > 6:
+        h.update(b"<deep>|")
+        return
+    if isinstance(obj, _VALUE_TYPES):
+        h.update(f"{type(obj).__name__}:{obj!r}|".encode())
+    elif isinstance(obj, Tensor):
+        name = known.get(_tensor_id(obj))
+        if name is not None:  # a teacher weight: already in the fingerprint
+            h.update(f"teacher-tensor:{name}|".encode())
+        else:
+            h.update(b"tensor|")
+            _hash_tensor(h, obj)
+    elif isinstance(obj, np.ndarray):
+        h.update(b"ndarray|")
+        _hash_tensor(h, torch.from_numpy(np.ascontiguousarray(obj)))
+    elif isinstance(obj, tuple):
+        h.update(f"tuple{len(obj)}(".encode())
+        for item in obj:
+            _describe(h, item, known, depth + 1)
+        h.update(b")|")
+    elif isinstance(obj, functools.partial):
+        h.update(b"partial|")
+        _describe(h, obj.func, known, depth + 1)
+        _describe(h, tuple(obj.args), known, depth + 1)
+        _describe(h, tuple(sorted(obj.keywords.items())), known, depth + 1)
+    elif inspect.ismethod(obj):
+        h.update(b"method|")
+        _describe(h, type(obj.__self__), known, depth + 1)
+        _describe(h, obj.__func__, known, depth + 1)
+    elif inspect.isfunction(obj):
+        code = obj.__code__
+        h.update(f"function:{obj.__module__}.{obj.__qualname__}|src={_source_digest(obj)}|"
+                 .encode())
+        _code_digest(h, code)
+        _describe(h, obj.__defaults__ or (), known, depth + 1)
+        _describe(h, tuple(sorted((obj.__kwdefaults__ or {}).items())), known, depth + 1)
+        # closure values, except variables the function rebinds itself (counters: state)
+        rebound = {ins.argval for ins in dis.get_instructions(code)
+                   if ins.opname == "STORE_DEREF"}
+        for name, cell in zip(code.co_freevars, obj.__closure__ or ()):
+            h.update(f"free:{name}=".encode())
+            try:
+                value = cell.cell_contents
+            except ValueError:  # an empty cell
+                value = None
+            if name in rebound:
+                h.update(b"<rebound>|")
+            else:
+                _describe(h, value, known, depth + 1)
+    elif isinstance(obj, type):
+        mro = ",".join(f"{c.__module__}.{c.__qualname__}" for c in obj.__mro__)
+        h.update(f"class:{mro}|src={_source_digest(obj)}|".encode())
+    elif inspect.isbuiltin(obj) or inspect.isroutine(obj):
+        h.update(f"builtin:{getattr(obj, '__module__', None)}."
+                 f"{getattr(obj, '__qualname__', repr(type(obj)))}|".encode())
+    else:  # a module, a callable object, a list used as a counter, ...: its class only
+        h.update(b"instance-of|")
+        _describe(h, type(obj), known, depth + 1)
+
+
+def score_fn_key(score_fn: Callable[..., Any],
+                 teacher: nn.Module | Mapping[str, Tensor] | None = None) -> str:
+    """A hex digest identifying what a score function computes, the same in every process.
+
+    It covers, recursively through ``functools.partial`` objects and bound methods:
+
+    - a Python function's module and qualified name, a hash of its source text
+      (``inspect.getsource``, when available) and of its bytecode, names and constants (so two
+      lambdas on one line differ), its default arguments, and the values it closes over:
+      numbers, strings, tuples, tensors and arrays by content (a tensor that *is* one of
+      ``teacher``'s weights by its name only: the weights are keyed anyway), functions
+      recursively, anything else (a module, a list) by its class;
+    - a bound method's class (qualified names of its MRO and the class source) and function;
+    - any other callable object (e.g. an ``nn.Module``) by its class.
+
+    Not covered: module-level globals the function reads, attributes of objects it reaches
+    through (an ``nn.Module``'s weights: pass it as the teacher), and closure variables the
+    function rebinds itself (``nonlocal`` counters). A score function whose output depends on
+    such state must be given an explicit ``score_key`` by the caller.
+    """
+    known: dict[tuple[Any, ...], str] = {}
+    if teacher is not None:
+        state = teacher.state_dict() if isinstance(teacher, nn.Module) else teacher
+        known = {_tensor_id(t): name for name, t in state.items() if isinstance(t, Tensor)}
+    h = hashlib.sha256()
+    _describe(h, score_fn, known)
+    return h.hexdigest()
+
+
 def topk_fingerprint(
     teacher: nn.Module | Mapping[str, Tensor],
     *,
@@ -473,15 +606,31 @@ def topk_fingerprint(
     users: Tensor,
     exclude: HistoryLike | None = None,
     padding_item: int | None = 0,
+    score_fn: Callable[[Tensor], Tensor] | None = None,
+    score_key: str | None = None,
+    scores_dtype: torch.dtype | None = None,
 ) -> str:
-    """SHA-256 hex digest identifying a top-K extraction.
+    """SHA-256 hex digest identifying a top-K extraction (the soft-label cache key).
 
-    Covers every tensor of the teacher's ``state_dict`` (names, dtypes, shapes, bytes), ``k``,
-    ``num_items``, the user ids, the padding item and the exclusion CSR (``ptr`` and ``col``).
+    Covers everything that defines the stored top-K:
+
+    - the teacher's weights: every tensor of its ``state_dict`` (names, dtypes, shapes, bytes);
+    - the score function: ``score_key`` if given (a string the caller chooses, e.g. a model
+      name + version), else :func:`score_fn_key` of ``score_fn`` (its qualified name, source
+      and bytecode hash, closure values), else nothing (``"unspecified"``);
+    - ``k``, ``num_items``, the user ids, the padding item, the exclusion CSR (``ptr`` and
+      ``col``), and the stored score dtype (``scores_dtype``; ``None``: the score function's).
     """
     state = teacher.state_dict() if isinstance(teacher, nn.Module) else teacher
     h = hashlib.sha256()
-    h.update(f"graphkd-topk-v{_CACHE_VERSION}|k={k}|items={num_items}|pad={padding_item}|".encode())
+    h.update(f"graphkd-topk-key-v{_KEY_VERSION}|k={k}|items={num_items}|pad={padding_item}|"
+             f"dtype={scores_dtype}|".encode())
+    if score_key is not None:
+        h.update(f"score_key={score_key}|".encode())
+    elif score_fn is not None:
+        h.update(f"score_fn={score_fn_key(score_fn, state)}|".encode())
+    else:
+        h.update(b"score=unspecified|")
     for name in sorted(state):
         h.update(name.encode() + b"|")
         _hash_tensor(h, state[name])
@@ -499,11 +648,16 @@ def topk_fingerprint(
 
 def _keyed_users(teacher: nn.Module | Mapping[str, Tensor], users: Tensor | int, num_items: int,
                  k: int, exclude: HistoryLike | None, padding_item: int | None,
-                 device: torch.device | str | None) -> tuple[Tensor, str]:
+                 device: torch.device | str | None, *,
+                 score_fn: Callable[[Tensor], Tensor] | None = None,
+                 score_key: str | None = None,
+                 scores_dtype: torch.dtype | None = None) -> tuple[Tensor, str]:
     """``(user ids on device, topk_fingerprint)`` of an extraction (the cache key)."""
     users_t = _as_users(users, device)
     return users_t, topk_fingerprint(teacher, k=k, num_items=num_items, users=users_t,
-                                     exclude=exclude, padding_item=padding_item)
+                                     exclude=exclude, padding_item=padding_item,
+                                     score_fn=score_fn, score_key=score_key,
+                                     scores_dtype=scores_dtype)
 
 
 def _content_checksum(state: Mapping[str, Tensor]) -> Tensor:
@@ -520,18 +674,16 @@ def _digest_tensor(hexdigest: str) -> Tensor:
 def save_topk(path: str | Path, topk: TopK, fingerprint: str) -> Path:
     """Write ``topk`` with its fingerprint and a content checksum (plain tensors only).
 
-    The write goes to a temporary file first and is renamed into place, so a crash never
-    leaves a half-written cache under the final name.
+    The write is atomic (:func:`graphkd.fileio.atomic_torch_save`: a temporary file unique to
+    this call, then a rename), so a crash never leaves a half-written cache under the final name
+    and concurrent writers never collide.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().cpu() for k, v in topk.state_dict().items()}
     state["fingerprint"] = _digest_tensor(fingerprint)
     state["checksum"] = _content_checksum(state)
     state["version"] = torch.tensor(_CACHE_VERSION)
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(state, tmp)
-    tmp.replace(path)
+    atomic_torch_save(state, path)
     return path
 
 
@@ -581,8 +733,20 @@ def cached_teacher_topk(
     chunk_size: int = 1024,
     device: torch.device | str | None = None,
     progress: bool = False,
+    score_key: str | None = None,
 ) -> TopK:
     """:func:`teacher_topk`, reusing a valid on-disk result and rebuilding a stale/corrupt one.
+
+    The cache key (:func:`topk_fingerprint`) covers the teacher's weights, the score function
+    (``score_key`` if given, else :func:`score_fn_key` of ``score_fn``: its qualified name,
+    source/bytecode hash and closure values), ``k``, the users, ``num_items``, the padding item
+    and the history ``exclude``. Same weights with another score function -> another key.
+
+    Several processes may call this at once on the same cache: a valid file is read without
+    locking; otherwise the caller takes the inter-process lock ``<file>.lock``
+    (:func:`graphkd.fileio.file_lock`), checks the file again (another process may have just
+    written it) and only then computes and atomically writes it. So the top-K is computed once
+    and every process returns the same result.
 
     Args:
         cache: a directory (the file is ``topk-<fingerprint[:20]>-k<k>.pt`` inside it) or a
@@ -590,28 +754,39 @@ def cached_teacher_topk(
         teacher: the teacher module (or its ``state_dict``) whose weights key the cache.
         score_fn, users, num_items, k, exclude, padding_item, chunk_size, device, progress:
             as in :func:`teacher_topk`.
+        score_key: a string identifying what ``score_fn`` computes (replaces the automatic
+            :func:`score_fn_key`); give one when the scores depend on state the automatic key
+            cannot see (globals, objects reached through attributes).
 
     Returns:
         the :class:`TopK` on ``device`` (loaded or freshly computed and saved).
     """
-    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device)
+    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device,
+                               score_fn=score_fn, score_key=score_key)
     dev = users_t.device
     cache = Path(cache)
     path = cache if cache.suffix == ".pt" else cache / f"topk-{fp[:20]}-k{k}.pt"
-    if path.exists():
+    if path.exists():  # lock-free fast path: files are replaced atomically, never half-written
         try:
             top = load_topk(path, fp)
             log.info("loaded teacher top-%d from %s", k, path)
             return top.to(dev)
-        except CacheError as exc:
-            log.warning("%s; recomputing.", exc)
-    top = teacher_topk(score_fn, users_t, num_items, k, exclude=exclude,
-                       padding_item=padding_item, chunk_size=chunk_size, device=dev,
-                       progress=progress)
-    save_topk(path, top, fp)
+        except CacheError:
+            pass  # re-checked under the lock (another process may be rewriting it)
+    with file_lock(path):
+        if path.exists():
+            try:
+                top = load_topk(path, fp)
+                log.info("loaded teacher top-%d from %s (written by another process)", k, path)
+                return top.to(dev)
+            except CacheError as exc:
+                log.warning("%s; recomputing.", exc)
+        top = teacher_topk(score_fn, users_t, num_items, k, exclude=exclude,
+                           padding_item=padding_item, chunk_size=chunk_size, device=dev,
+                           progress=progress)
+        save_topk(path, top, fp)
     log.info("saved teacher top-%d to %s", k, path)
     return top
-
 
 
 # ============================================================================ sharded, on disk
@@ -619,8 +794,15 @@ class IncompleteTopKError(CacheError):
     """An on-disk top-K (:func:`teacher_topk_to_disk`) that is missing rows or is inconsistent."""
 
 
+class CorruptTopKError(IncompleteTopKError):
+    """An on-disk top-K whose data files disagree with its manifest: a file of the wrong size,
+    or bytes whose blake2b differs from the one recorded when they were written (truncated,
+    overwritten or modified afterwards)."""
+
+
 _DISK_FORMAT = "graphkd-topk-mmap"
-_DISK_VERSION = 1
+_DISK_VERSION = 2  # 2: completion markers record a blake2b per file of their rows
+_HASH_BLOCK = 8 << 20  # bytes read at a time when verifying
 _DISK_DTYPES: dict[torch.dtype, str] = {
     torch.float16: "float16", torch.float32: "float32", torch.float64: "float64",
 }
@@ -649,13 +831,8 @@ def rank_user_range(num_users: int, rank: int, world_size: int) -> tuple[int, in
 
 
 def _write_json(path: Path, obj: Mapping[str, Any]) -> None:
-    """Atomic JSON write (temporary file unique to this process, then rename)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    tmp.replace(path)
+    """Atomic JSON write (:func:`graphkd.fileio.atomic_write_json`)."""
+    atomic_write_json(path, obj, sort_keys=True)
 
 
 def _read_json(path: Path) -> dict[str, Any]:
@@ -679,16 +856,25 @@ def _file_bytes(layout: Mapping[str, Any]) -> dict[str, int]:
     return {"indices": n * k * 8, "scores": n * k * item, "users": n * 8}
 
 
-def _allocate(path: Path, name: str, nbytes: int, reset: bool) -> None:
-    """Create or extend ``path/name`` to ``nbytes`` without touching existing content."""
-    fd = os.open(path / name, os.O_RDWR | os.O_CREAT | (os.O_TRUNC if reset else 0), 0o644)
+def _allocate(path: Path, name: str, nbytes: int, reset: bool, same: bool) -> None:
+    """Create or extend ``path/name`` to ``nbytes`` without touching existing content.
+
+    ``reset``: start from a new, empty file (the old one is unlinked, not truncated, so a process
+    still mapping it keeps valid pages instead of getting SIGBUS). ``same``: the directory's
+    ``layout.json`` already describes this extraction (a wrong size is then damage).
+    """
+    if reset:
+        (path / name).unlink(missing_ok=True)
+    fd = os.open(path / name, os.O_RDWR | os.O_CREAT, 0o644)
     try:
         size = os.fstat(fd).st_size
         if size not in (0, nbytes):
+            what = ("the file is damaged (truncated or overwritten)" if same else
+                    "the directory holds another extraction (or a damaged file)")
             raise ValueError(
-                f"{path / name} has {size} bytes but this extraction needs {nbytes}: the "
-                "directory holds another extraction. Use a fresh directory (e.g. named by the "
-                "fingerprint), or run once with user_range=None to overwrite it."
+                f"{path / name} has {size} bytes but this extraction needs {nbytes}: {what}. "
+                "Run once with user_range=None to rebuild the directory (shared_teacher_topk "
+                "does this itself), or use a fresh directory (e.g. named by the fingerprint)."
             )
         if size != nbytes:
             os.ftruncate(fd, nbytes)  # sparse: no disk blocks until written
@@ -729,12 +915,16 @@ def teacher_topk_to_disk(
 
     - ``indices.int64`` (``[U, K]`` int64), ``scores.bin`` (``[U, K]`` ``scores_dtype``) and
       ``users.int64`` (``[U]``): raw C-order arrays, pre-allocated at their final size;
-    - ``layout.json``: format, version, ``num_users``, ``k``, ``num_items``, ``scores_dtype``,
-      ``padding_item``, ``fingerprint`` (written when the files are allocated);
+    - ``layout.json`` (the manifest): format, version, ``num_users``, ``k``, ``num_items``,
+      ``scores_dtype``, ``padding_item``, ``fingerprint`` and ``files`` (the byte size of each
+      data file), written when the files are allocated;
     - one completion marker ``done-<start>-<stop>.json`` per finished row range, holding the
-      same header plus the range. It is written last, after the range's rows are flushed
+      same header, the range, and ``blake2b``: ``{file name: hex digest}`` of the bytes of rows
+      ``[start, stop)`` of each data file (hashed from the arrays as they are written, so no
+      extra pass over the data). It is written last, after the range's rows are flushed
       (``msync``) to the files, so a crashed or unfinished writer leaves no marker and
-      :func:`load_topk_mmap` reports the file as incomplete.
+      :func:`load_topk_mmap` reports the file as incomplete; a later change to the bytes
+      (overwrite, truncation) is caught by the sizes and digests.
 
     Rows are computed ``shard_users`` at a time, each shard with :func:`teacher_topk`'s chunked
     extraction (``chunk_size`` users per score block) and copied into the map, so peak memory is
@@ -767,7 +957,8 @@ def teacher_topk_to_disk(
 
     Raises:
         ValueError: bad ``user_range`` / ``shard_users`` / ``scores_dtype``, a directory holding
-            another extraction (other shape, dtype, K or fingerprint), or any error of
+            another extraction (other shape, dtype, K or fingerprint) or a damaged data file
+            (wrong size; only with ``user_range``: ``None`` rebuilds), or any error of
             :func:`teacher_topk` (raised before this range's marker is written).
 
     Example:
@@ -804,21 +995,28 @@ def teacher_topk_to_disk(
         "num_items": num_items, "scores_dtype": _DISK_DTYPES[scores_dtype],
         "padding_item": padding_item, "fingerprint": fingerprint,
     }
+    sizes = _file_bytes(layout)
+    layout["files"] = {_FILES[key]: nbytes for key, nbytes in sizes.items()}
     reset = user_range is None
+    same = False
     if reset:
         for marker in path.glob("done-*.json"):
-            marker.unlink()
-    elif (path / _LAYOUT).exists() and _read_json(path / _LAYOUT) != layout:
-        raise ValueError(
-            f"{path} holds another extraction ({_read_json(path / _LAYOUT)}); this one is "
-            f"{layout}. Use a fresh directory or run once with user_range=None to overwrite it."
-        )
+            marker.unlink(missing_ok=True)
+    elif (path / _LAYOUT).exists():
+        old = _read_json(path / _LAYOUT)
+        if old != layout:
+            raise ValueError(
+                f"{path} holds another extraction ({old}); this one is {layout}. Use a fresh "
+                "directory or run once with user_range=None to overwrite it."
+            )
+        same = True
     (path / _marker_name(start, stop)).unlink(missing_ok=True)
-    for key, nbytes in _file_bytes(layout).items():
-        _allocate(path, _FILES[key], nbytes, reset)
+    for key, nbytes in sizes.items():
+        _allocate(path, _FILES[key], nbytes, reset, same)
     _write_json(path / _LAYOUT, layout)
 
     maps = {key: _memmap(path, layout, key, "r+") for key in _FILES}
+    digests = {key: hashlib.blake2b() for key in _FILES}
     shards = range(start, stop, shard_users)
     if progress:
         from tqdm.auto import tqdm
@@ -828,16 +1026,24 @@ def teacher_topk_to_disk(
         e = min(s + shard_users, stop)
         top = _extract(score_fn, users_t[s:e], num_items, k, exclude=exclude,
                        padding_item=padding_item, chunk_size=chunk_size, device=dev)
-        maps["indices"][s:e] = top.indices.cpu().numpy()
-        maps["scores"][s:e] = top.scores.to("cpu", scores_dtype).numpy()
-        maps["users"][s:e] = top.users.cpu().numpy()
+        rows = {"indices": top.indices.cpu().numpy(),
+                "scores": top.scores.to("cpu", scores_dtype).numpy(),
+                "users": top.users.cpu().numpy()}
         del top
+        for key, arr in rows.items():
+            arr = np.ascontiguousarray(arr, dtype=maps[key].dtype)
+            maps[key][s:e] = arr
+            digests[key].update(arr)  # the exact bytes written, in row order
+        del rows, arr
         for mm in maps.values():
             mm.flush()  # bound dirty pages to one shard
     for mm in maps.values():
         mm.flush()
     del maps
-    _write_json(path / _marker_name(start, stop), {**layout, "start": start, "stop": stop})
+    _write_json(path / _marker_name(start, stop), {
+        **layout, "start": start, "stop": stop,
+        "blake2b": {_FILES[key]: h.hexdigest() for key, h in digests.items()},
+    })
     return path
 
 
@@ -853,7 +1059,25 @@ def _covered(ranges: list[tuple[int, int]], n: int) -> list[tuple[int, int]]:
     return gaps
 
 
-def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
+def _range_digest(f: Path, offset: int, nbytes: int) -> str:
+    """blake2b of ``nbytes`` bytes of ``f`` from ``offset`` (read in blocks, not mapped)."""
+    h = hashlib.blake2b()
+    buf = bytearray(min(nbytes, _HASH_BLOCK))
+    view = memoryview(buf)
+    with open(f, "rb", buffering=0) as fh:
+        fh.seek(offset)
+        left = nbytes
+        while left:
+            got = fh.readinto(view[:min(left, len(buf))])
+            if not got:
+                break  # a short file: its size is checked before
+            h.update(view[:got])
+            left -= got
+    return h.hexdigest()
+
+
+def load_topk_mmap(path: str | Path, fingerprint: str | None = None, *,
+                   verify: bool = True) -> TopK:
     """Map a top-K written by :func:`teacher_topk_to_disk`, zero-copy.
 
     ``indices``, ``scores`` and ``users`` are CPU tensors viewing copy-on-write memory maps of
@@ -863,20 +1087,34 @@ def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
     rows as usual (``top.indices[batch_users]`` copies just those rows), or move the whole
     thing with ``top.to(device)`` if it fits there.
 
+    Integrity: every file's size is always checked against the manifest (``layout.json``);
+    with ``verify`` (the default) the bytes of every completed row range are also hashed
+    (blake2b) and compared with the digests its completion marker recorded when they were
+    written. That reads the files once (about 1 GB/s, from the page cache when just written);
+    pass ``verify=False`` to skip it.
+
     Args:
         path: the directory given to :func:`teacher_topk_to_disk`.
         fingerprint: if given, must equal the stored one (else the file is stale).
+        verify: check the content digests (sizes are always checked).
 
     Returns:
         a :class:`TopK` over all ``U`` rows.
 
     Raises:
-        IncompleteTopKError: no/unreadable header, another format/version, a file of the wrong
-            size, markers that disagree with the header, rows no completion marker covers (a
-            rank that has not finished or crashed: the missing ranges are named), or a
-            fingerprint mismatch.
+        CorruptTopKError: a data file of the wrong size, or rows whose digest differs from the
+            recorded one (the file and the row range are named).
+        IncompleteTopKError: no/unreadable header, another format/version, markers that
+            disagree with the header, rows no completion marker covers (a rank that has not
+            finished or crashed: the missing ranges are named), or a fingerprint mismatch.
     """
-    path = Path(path)
+    return _open_mmap(Path(path), fingerprint, verify)
+
+
+def _open_mmap(path: Path, fingerprint: str | None, verify: bool,
+               part: tuple[int, int] = (0, 1)) -> TopK:
+    """:func:`load_topk_mmap`; ``part=(r, w)`` verifies only markers ``i`` with ``i % w == r``
+    (the ranks of a group share the hashing, then agree)."""
     if not (path / _LAYOUT).is_file():
         raise IncompleteTopKError(
             f"{path} has no {_LAYOUT}: not a teacher_topk_to_disk output, or never started.")
@@ -888,10 +1126,15 @@ def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
         )
     try:
         sizes = _file_bytes(layout)
-        n = int(layout["num_users"])
+        n, k = int(layout["num_users"]), int(layout["k"])
+        row_bytes = {key: nbytes // n if n else 0 for key, nbytes in sizes.items()}
     except (KeyError, TypeError, ValueError) as exc:
         raise IncompleteTopKError(f"{path / _LAYOUT} is corrupt: {exc!r}") from exc
-    ranges = []
+    if layout.get("files") != {_FILES[key]: nbytes for key, nbytes in sizes.items()}:
+        raise IncompleteTopKError(
+            f"{path / _LAYOUT} is corrupt: its file sizes {layout.get('files')} do not match "
+            f"its shape ({n} users, k={k}, {layout['scores_dtype']}).")
+    markers = []
     for marker in sorted(path.glob("done-*.json")):
         info = _read_json(marker)
         if {key: info.get(key) for key in layout} != layout:
@@ -899,25 +1142,56 @@ def load_topk_mmap(path: str | Path, fingerprint: str | None = None) -> TopK:
                 f"completion marker {marker} belongs to another extraction than {path / _LAYOUT}"
                 " (stale marker from an earlier run?). Recompute into a fresh directory."
             )
-        ranges.append((int(info["start"]), int(info["stop"])))
-    gaps = _covered(ranges, n)
+        try:
+            a, b = int(info["start"]), int(info["stop"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise IncompleteTopKError(f"completion marker {marker} is corrupt: {exc!r}") from exc
+        markers.append((marker, info, a, b))
+    gaps = _covered([(a, b) for _, _, a, b in markers], n)
     if gaps:
         raise IncompleteTopKError(
             f"top-K in {path} is incomplete: rows {gaps[:5]} (of {n}) have no completion marker "
             "(a rank has not finished, or crashed); rerun teacher_topk_to_disk for them."
         )
+    if fingerprint is not None and layout["fingerprint"] != fingerprint:
+        raise IncompleteTopKError(
+            f"top-K in {path} is stale: it was built for another teacher / score function / k / "
+            "users / history."
+        )
     for key, nbytes in sizes.items():
         f = path / _FILES[key]
         size = f.stat().st_size if f.is_file() else None
         if size != nbytes:
-            raise IncompleteTopKError(f"{f} has {size} bytes, expected {nbytes}.")
-    if fingerprint is not None and layout["fingerprint"] != fingerprint:
-        raise IncompleteTopKError(
-            f"top-K in {path} is stale: it was built for another teacher / k / users / history."
-        )
+            raise CorruptTopKError(
+                f"{f} has {size} bytes, expected {nbytes} (recorded in {path / _LAYOUT}): the "
+                "file was truncated, extended or replaced after it was written.")
+    if verify:
+        rank, world = part
+        for i, (marker, info, a, b) in enumerate(markers):
+            if i % world != rank:
+                continue
+            recorded = info.get("blake2b")
+            if not isinstance(recorded, dict):
+                raise CorruptTopKError(f"completion marker {marker} records no blake2b digests.")
+            for key in _FILES:
+                f = path / _FILES[key]
+                got = _range_digest(f, a * row_bytes[key], (b - a) * row_bytes[key])
+                if recorded.get(_FILES[key]) != got:
+                    raise CorruptTopKError(
+                        f"{f}: the bytes of rows [{a}, {b}) have blake2b {got[:16]}..., but "
+                        f"{marker.name} recorded {str(recorded.get(_FILES[key]))[:16]}... when "
+                        "they were written: the file was overwritten or modified since.")
     ind, sc, us = (torch.from_numpy(_memmap(path, layout, key, "c")) for key in
                    ("indices", "scores", "users"))
     return TopK(ind, sc, int(layout["num_items"]), us)
+
+
+def _reset_extraction(path: Path) -> None:
+    """Remove an extraction's markers, manifest and data files (unlinked: maps stay valid)."""
+    for marker in path.glob("done-*.json"):
+        marker.unlink(missing_ok=True)
+    for name in (_LAYOUT, *_FILES.values()):
+        (path / name).unlink(missing_ok=True)
 
 
 def _all_ranks_agree(flag: bool, group: Any) -> bool:
@@ -944,20 +1218,32 @@ def shared_teacher_topk(
     device: torch.device | str | None = None,
     group: Any = None,
     progress: bool = False,
+    score_key: str | None = None,
 ) -> TopK:
     """The teacher's top-K computed once over all processes and shared through memory maps.
 
     Every rank of ``group`` (the default process group when ``torch.distributed`` is
     initialised; a single process otherwise) calls this with the same arguments. The soft labels
     live in ``directory/topk-mmap-<fingerprint[:20]>-k<k>/`` (:func:`teacher_topk_to_disk`'s
-    layout, named by :func:`topk_fingerprint`, so another teacher, K, user set or history never
-    reuses it):
+    layout, named by :func:`topk_fingerprint` of the teacher's weights, the score function
+    (``score_key`` or :func:`score_fn_key`), K, the users, ``num_items``, the padding item, the
+    history and the float32 score dtype, so another teacher, score function, K, user set or
+    history never reuses it):
 
-    1. every rank tries :func:`load_topk_mmap`; if it succeeds on all ranks the labels are reused;
-    2. otherwise rank ``r`` of ``W`` scores only its users ``rank_user_range(U, r, W)`` and writes
-       them into the shared files (each user's row is computed by exactly one rank);
+    1. every rank tries to open the extraction, checking sizes and content digests (each rank
+       hashes a share of the completed ranges); if it succeeds on all ranks it is reused;
+    2. otherwise, if a rank found it damaged (a file truncated, overwritten or modified after it
+       was written) that rank issues one ``RuntimeWarning`` naming the file and the mismatch;
+       the directory is cleared (by rank 0, then a barrier), rank ``r`` of ``W`` scores only
+       its users ``rank_user_range(U, r, W)`` and writes them into the shared files (each
+       user's row is computed by exactly one rank);
     3. after a barrier, every rank maps the complete files read-only (zero-copy, copy-on-write:
        the pages are shared by the processes through the OS page cache).
+
+    Without ``torch.distributed``, steps 1-3 run under the inter-process lock
+    ``<extraction>/layout.json.lock`` (:func:`graphkd.fileio.file_lock`), so independent
+    processes sharing ``directory`` compute the labels once: the first builds them, the others
+    wait and then map them.
 
     ``directory`` must be on a filesystem every rank sees (one machine: any local directory).
 
@@ -967,6 +1253,7 @@ def shared_teacher_topk(
         score_fn, users, num_items, k, exclude, padding_item, chunk_size, shard_users, device,
             progress: as in :func:`teacher_topk_to_disk`.
         group: the process group (``None``: the default group, if initialised).
+        score_key: as in :func:`cached_teacher_topk`.
 
     Returns:
         the complete :class:`TopK` as CPU tensors over memory maps (row ``r`` = ``users[r]``);
@@ -985,28 +1272,41 @@ def shared_teacher_topk(
     distributed = dist.is_available() and dist.is_initialized()
     rank = dist.get_rank(group) if distributed else 0
     world = dist.get_world_size(group) if distributed else 1
-    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device)
+    users_t, fp = _keyed_users(teacher, users, num_items, k, exclude, padding_item, device,
+                               score_fn=score_fn, score_key=score_key,
+                               scores_dtype=torch.float32)
     dev = users_t.device
     path = Path(directory) / f"topk-mmap-{fp[:20]}-k{k}"
-    try:
-        top: TopK | None = load_topk_mmap(path, fp)
-    except IncompleteTopKError:
-        top = None
-    if distributed:
-        reuse = _all_ranks_agree(top is not None, group)
-    else:
-        reuse = top is not None
-    if reuse:
-        log.info("rank %d: mapped the teacher's top-%d from %s", rank, k, path)
-        return top  # type: ignore[return-value]
-    del top
-    start, stop = rank_user_range(users_t.numel(), rank, world)
-    log.info("rank %d/%d: teacher top-%d of users [%d, %d) -> %s", rank, world, k, start, stop,
-             path)
-    teacher_topk_to_disk(score_fn, users_t, num_items, k, path, exclude=exclude,
-                         padding_item=padding_item, chunk_size=chunk_size,
-                         shard_users=shard_users, user_range=(start, stop), fingerprint=fp,
-                         device=dev, progress=progress and rank == 0)
-    if distributed:
-        dist.barrier(group=group)
-    return load_topk_mmap(path, fp)
+    lock = contextlib.nullcontext() if distributed else file_lock(path / _LAYOUT)
+    with lock:
+        top: TopK | None = None
+        damage: CorruptTopKError | None = None
+        try:
+            top = _open_mmap(path, fp, verify=True, part=(rank, world))
+        except CorruptTopKError as exc:
+            damage = exc
+        except IncompleteTopKError:
+            pass
+        reuse = _all_ranks_agree(top is not None, group) if distributed else top is not None
+        if reuse:
+            log.info("rank %d: mapped the teacher's top-%d from %s", rank, k, path)
+            return top  # type: ignore[return-value]
+        del top
+        if damage is not None:
+            warnings.warn(f"{damage} Rebuilding the soft labels in {path}.", RuntimeWarning,
+                          stacklevel=2)
+        start, stop = rank_user_range(users_t.numel(), rank, world)
+        log.info("rank %d/%d: teacher top-%d of users [%d, %d) -> %s", rank, world, k, start,
+                 stop, path)
+        if distributed:  # start from an empty directory, then each rank fills its rows
+            if rank == 0:
+                _reset_extraction(path)
+            dist.barrier(group=group)
+        teacher_topk_to_disk(score_fn, users_t, num_items, k, path, exclude=exclude,
+                             padding_item=padding_item, chunk_size=chunk_size,
+                             shard_users=shard_users,
+                             user_range=(start, stop) if distributed else None,
+                             fingerprint=fp, device=dev, progress=progress and rank == 0)
+        if distributed:
+            dist.barrier(group=group)
+        return _open_mmap(path, fp, verify=False)  # just written (and hashed) by this group

@@ -144,7 +144,12 @@ class DistillRecommender(GeneralRecommender):
         self._prepared = True
 
     def _soft_labels(self, cache_dir: str | None) -> Any:
-        from recsys.softlabels import cached_teacher_topk, shared_teacher_topk, teacher_topk
+        from recsys.softlabels import (
+            cached_teacher_topk,
+            score_fn_key,
+            shared_teacher_topk,
+            teacher_topk,
+        )
 
         hist = self.ctx.history
         longest = int(hist.counts.max()) if self.distill.mask_history else 0
@@ -161,17 +166,22 @@ class DistillRecommender(GeneralRecommender):
         chunk = int(cfg["softlabel_chunk_size"] or 1024)
         users = torch.arange(self.n_users, device=self.device)
         score_fn = self.ctx.teacher_full_scores
+        # the scores are the teacher class's full_sort_predict through DistillContext.full_scores:
+        # key the cache on both classes' code (the weights are keyed separately)
+        score_key = "recbole-full-sort|" + score_fn_key(
+            (score_fn, type(self.ctx).full_scores, type(self.teacher)))
         shared = not cfg["single_spec"] or bool(cfg["softlabel_mmap"])
         with torch.no_grad():
             if shared:  # computed once over the ranks, mapped zero-copy by each
                 directory = cache or str(Path(cfg["checkpoint_dir"]) / "softlabels")
                 top = shared_teacher_topk(directory, self.teacher, score_fn, users,
                                           self.n_items, k, exclude=history, chunk_size=chunk,
-                                          device=self.device)
+                                          device=self.device, score_key=score_key)
                 return top.to(self.device)  # no copy on CPU: the maps stay zero-copy
             if cache:
                 return cached_teacher_topk(cache, self.teacher, score_fn, users, self.n_items, k,
-                                           exclude=history, chunk_size=chunk, device=self.device)
+                                           exclude=history, chunk_size=chunk, device=self.device,
+                                           score_key=score_key)
             return teacher_topk(score_fn, users, self.n_items, k, exclude=history,
                                 chunk_size=chunk, device=self.device)
 

@@ -29,6 +29,7 @@ import torch
 from recbole.trainer import Trainer
 from recbole.utils import get_trainer
 
+from graphkd.fileio import atomic_torch_save
 from recsys.recbole.compat import tensorboard_redirect
 from recsys.recbole.distributed import GlobalEvaluator, broadcast_object, sampler_indices
 
@@ -123,10 +124,7 @@ class SafeCheckpointMixin:
         extras = getattr(self.model, "checkpoint_extras", None)
         if extras is not None:
             state.update(extras())
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(path.name + ".tmp")
-        torch.save(state, tmp)
-        os.replace(tmp, path)
+        atomic_torch_save(state, path)  # unique temp file + fsync + os.replace
         if verbose:
             self.logger.info(f"Saving current: {path}")
 
