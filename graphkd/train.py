@@ -16,8 +16,13 @@
 * **Checkpoints** are ``state_dict``\\ s of plain tensors and numbers:
   ``torch.load(path, weights_only=True)`` reads them. For a Distiller they hold the student,
   the methods' heads/adapters (and a mutual peer), never a frozen teacher. ``last.pt`` also
-  holds the optimizer, the epoch, the best-so-far, the history and the RNG state, so
-  ``resume=True`` continues an interrupted run where it stopped (same batches, same result).
+  holds the optimizer, the epoch, the best-so-far, the history and **every RNG state the run
+  owns**, so ``resume=True`` continues an interrupted run exactly (same batches, same result,
+  bit for bit; see :func:`fit`, "Exact resume"). Files are written atomically
+  (:func:`graphkd.fileio.atomic_torch_save`): a kill never leaves half a checkpoint.
+* **A final training batch of one sample** (e.g. 100 samples, ``batch_size=33``) is skipped,
+  with one warning, when the model trains BatchNorm layers or a batch-relation method (RKD,
+  GKD, SP, ...): both need at least two samples. Other models train on it as before.
 * **Logs**: ``log.csv`` (one row per epoch: epoch, loss, each named loss, the validation
   metric, seconds), ``logging`` messages, tqdm bars (``progress=False`` turns them off).
 * **Two-stage methods** (MHGD): with ``pretrain_epochs > 0``, :func:`pretrain` runs stage 1
@@ -38,9 +43,11 @@ from __future__ import annotations
 
 import copy
 import csv
+import io
 import logging
 import random
 import time
+import warnings
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -59,6 +66,7 @@ from graphkd.distill import (
     logits_of,
     prepare_target,
 )
+from graphkd.fileio import atomic_torch_save, atomic_write_text
 
 __all__ = ["METRICS", "FitResult", "seed_everything", "compute_metric", "evaluate", "pretrain",
            "fit", "load_checkpoint"]
@@ -185,7 +193,8 @@ def pretrain(
 
     Optimises ``sum(distiller.pretrain_losses(batch).values())`` with Adam over
     ``distiller.pretrain_parameters()`` (the student is not run and not changed), then calls
-    ``distiller.finish_pretraining()``. Returns the mean stage-1 loss per epoch.
+    ``distiller.finish_pretraining()``. Returns the mean stage-1 loss per epoch. A final batch
+    of one sample is skipped as in :func:`fit`.
     """
     from tqdm.auto import tqdm
 
@@ -199,9 +208,13 @@ def pretrain(
     opt = torch.optim.Adam(params, lr=lr)
     distiller.train()
     history = []
+    tail = _TailSkipper()
     for epoch in range(1, epochs + 1):
         total, n = torch.zeros((), device=device), 0
+        tail.new_epoch(distiller)
         for data in tqdm(loader, desc=f"pretrain {epoch}", leave=False, disable=not progress):
+            if tail.skip(data):
+                continue
             data = _to_device(data, device)
             loss = sum(distiller.pretrain_losses(data).values())
             opt.zero_grad(set_to_none=True)
@@ -276,24 +289,178 @@ def _build_optimizer(model: nn.Module, optimizer: OptimizerSpec | None, lr: floa
 
 
 def _save(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` through a temporary file, so an interruption never leaves half a file."""
-    tmp = path.with_suffix(".tmp")
-    torch.save(obj, tmp)
-    tmp.replace(path)
+    """``torch.save`` made atomic: an interruption never leaves half a file."""
+    atomic_torch_save(obj, path)
 
 
-def _write_csv(path: Path, row: dict[str, float], append: bool) -> None:
-    if append and path.is_file():
-        with path.open(newline="") as fh:
-            header = next(csv.reader(fh), None)
-        if header:
-            with path.open("a", newline="") as fh:
-                csv.DictWriter(fh, fieldnames=header, extrasaction="ignore").writerow(row)
-            return
-    with path.open("w", newline="") as fh:
-        w = csv.DictWriter(fh, fieldnames=list(row))
-        w.writeheader()
-        w.writerow(row)
+def _write_log(path: Path, history: list[dict[str, float]]) -> None:
+    """``log.csv`` rewritten (atomically) from the whole history: one row per finished epoch.
+
+    Rewriting rather than appending keeps the file equal to the checkpoint's history, so a run
+    killed between two writes and resumed never logs an epoch twice.
+    """
+    fields: list[str] = []
+    for row in history:
+        fields += [k for k in row if k not in fields]
+    buf = io.StringIO(newline="")
+    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
+    w.writeheader()
+    w.writerows(history)
+    atomic_write_text(path, buf.getvalue())
+
+
+# --------------------------------------------------------------------------- RNG states
+def _attr_path(obj: Any, path: str) -> Any:
+    for name in path.split("."):
+        obj = getattr(obj, name, None)
+        if obj is None:
+            return None
+    return obj
+
+
+_LOADER_GENERATORS = ("generator", "sampler.generator", "batch_sampler.sampler.generator")
+
+
+def _owned_generators(model: nn.Module, loaders: dict[str, Any]) -> dict[str, torch.Generator]:
+    """Every ``torch.Generator`` the run owns besides the global ones, by a stable name.
+
+    * the loaders': ``loader.generator``, ``loader.sampler.generator`` and
+      ``loader.batch_sampler.sampler.generator`` (shuffle order, worker seeds);
+    * the modules': any ``torch.Generator`` held as an attribute by a module of ``model``
+      (walking ``named_modules``; a Distiller's teachers too), e.g. the ``seed=`` generator of
+      G-CRD or GSP.
+
+    The same object reached twice is listed once (under its first name).
+    """
+    gens: dict[str, torch.Generator] = {}
+    seen: set[int] = set()
+
+    def add(name: str, g: Any) -> None:
+        if isinstance(g, torch.Generator) and id(g) not in seen:
+            seen.add(id(g))
+            gens[name] = g
+
+    for lname, loader in loaders.items():
+        for path in _LOADER_GENERATORS:
+            add(f"{lname}.{path}", _attr_path(loader, path))
+    roots = [("", model)]
+    if isinstance(model, Distiller):
+        roots += [(f"<teacher{i}>", t) for i, t in enumerate(model.teachers)]
+    for prefix, root in roots:
+        for mname, module in root.named_modules(prefix=prefix):
+            for attr, value in vars(module).items():
+                add(f"{mname}.{attr}" if mname else attr, value)
+    return gens
+
+
+def _rng_state(model: nn.Module, loaders: dict[str, Any]) -> dict[str, Any]:
+    """All RNG states of the run as plain tensors/numbers (``weights_only``-loadable)."""
+    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
+    version, py_state, py_gauss = random.getstate()
+    state: dict[str, Any] = {
+        "torch": torch.get_rng_state(),
+        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
+                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
+        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
+                   "gauss": py_gauss},
+        "generators": {k: g.get_state() for k, g in _owned_generators(model, loaders).items()},
+    }
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any], model: nn.Module, loaders: dict[str, Any]) -> None:
+    """Restore :func:`_rng_state`'s output; warn about RNGs it cannot match (resume inexact)."""
+    torch.set_rng_state(state["torch"].cpu())
+    if state.get("cuda") is not None and torch.cuda.is_available():
+        cuda = [s.cpu() for s in state["cuda"]]
+        if len(cuda) != torch.cuda.device_count():
+            log.warning("resume: the checkpoint holds the RNG states of %d CUDA devices, this "
+                        "machine has %d; restoring the first ones.", len(cuda),
+                        torch.cuda.device_count())
+        for i, s in enumerate(cuda[:torch.cuda.device_count()]):
+            torch.cuda.set_rng_state(s, i)
+    npst = state["numpy"]
+    np.random.set_state((npst["kind"], npst["keys"].cpu().numpy().astype(np.uint32),  # noqa: NPY002
+                         int(npst["pos"]), int(npst["has_gauss"]), float(npst["gauss"])))
+    py = state["python"]
+    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()),
+                     py["gauss"]))
+    saved = dict(state.get("generators", {}))
+    unmatched = []
+    for name, g in _owned_generators(model, loaders).items():
+        if name in saved:
+            g.set_state(saved.pop(name).cpu())
+        else:
+            unmatched.append(name)
+    if unmatched or saved:
+        log.warning("resume is not exact: RNG generators %s are not in the checkpoint and %s "
+                    "of the checkpoint are not in this run (build the loaders and losses as "
+                    "in the interrupted run).", sorted(unmatched), sorted(saved))
+
+
+# --------------------------------------------------------------------------- short batches
+_SKIP_WARNING = ("skipped a final training batch of 1 sample: BatchNorm/relation losses need "
+                 ">= 2 (pass drop_last=True to the DataLoader to drop it yourself)")
+
+
+def _num_samples(data: Any) -> int | None:
+    """Samples in a batch: graphs of a PyG ``Batch``/DGL batched graph, rows of a tensor or of
+    the first element of a tuple/list/dict; ``None`` when unknown."""
+    for attr in ("num_graphs", "batch_size"):  # PyG Batch, DGL batched graph
+        n = getattr(data, attr, None)
+        if isinstance(n, int) and not isinstance(n, bool):
+            return n
+    if isinstance(data, Tensor):
+        return int(data.shape[0]) if data.dim() else None
+    if isinstance(data, (tuple, list)) and data:
+        return _num_samples(data[0])
+    if isinstance(data, dict) and data:
+        return _num_samples(next(iter(data.values())))
+    return None
+
+
+def _needs_two_samples(model: nn.Module) -> bool:
+    """Whether a training step of ``model`` (as it is now, train/eval modes included) needs a
+    batch of at least two samples: a BatchNorm layer in training mode, or a method that compares
+    samples across the batch (``level == "batch"``: RKD, GKD, SP, ...)."""
+    from torch.nn.modules.batchnorm import _BatchNorm
+
+    from graphkd.losses.base import DistillLoss
+
+    return any((isinstance(m, _BatchNorm) and m.training)
+               or (isinstance(m, DistillLoss) and getattr(m, "level", None) == "batch")
+               for m in model.modules())
+
+
+class _TailSkipper:
+    """Decides, batch by batch, whether to skip a trailing training batch of one sample.
+
+    A batch is skipped when it holds one sample, the epoch's first batch held more (so it is
+    the ragged tail of a batched epoch, not a one-graph-per-step setting) and the model needs
+    two samples (:func:`_needs_two_samples`). The first skip warns (once per skipper).
+    """
+
+    def __init__(self) -> None:
+        self.warned = False
+        self.needed = False
+        self.first: int | None = None
+
+    def new_epoch(self, model: nn.Module) -> None:
+        self.needed, self.first = _needs_two_samples(model), None
+
+    def skip(self, data: Any) -> bool:
+        n = _num_samples(data)
+        if self.first is None:
+            self.first = n
+            return False
+        if not (self.needed and n == 1 and self.first is not None and self.first > 1):
+            return False
+        if not self.warned:
+            self.warned = True
+            warnings.warn(_SKIP_WARNING, UserWarning, stacklevel=3)
+        return True
 
 
 def _ddp_runner(model: nn.Module, distiller: Distiller | None, device: torch.device) -> nn.Module:
@@ -376,13 +543,37 @@ def fit(
         loss_fn: task loss of a plain model (default cross-entropy).
         call, target: how to run a plain model / read labels (a Distiller has its own).
         out_dir: where ``last.pt``, ``best.pt`` and ``log.csv`` go (``None``: nowhere).
-        resume: continue from ``out_dir/last.pt`` if it exists.
+        resume: continue from ``out_dir/last.pt`` if it exists (exactly; see below).
         progress: tqdm bars.
         seed: seed everything first (see :func:`seed_everything`).
         pretrain_epochs: stage-1 epochs for two-stage methods (required > 0 when one needs it).
         pretrain_lr: their learning rate.
         restore_best: load the best-validation weights into ``model`` at the end.
         device: where to train (default: the model's device).
+
+    **Exact resume.** ``out_dir/last.pt`` is written atomically at the end of every epoch
+    (after validation), which is the start of the next one. Besides the weights (student,
+    heads, BatchNorm statistics), the optimizer, the history and the best-so-far it holds every
+    RNG state the run owns at that point: torch's global RNG, every CUDA device's (when CUDA is
+    initialised), NumPy's and Python ``random``'s global RNGs, the DataLoaders' own generators
+    (``loader.generator``, ``loader.sampler.generator``,
+    ``loader.batch_sampler.sampler.generator``, of ``train_loader`` and ``val_loader``) and
+    every ``torch.Generator`` held as an attribute by a module of ``model`` (the ``seed=``
+    generators of G-CRD and GSP, found by walking the modules; a Distiller's teachers too).
+    ``resume=True`` loads them all and **restarts the interrupted epoch from its first batch**:
+    the epoch is replayed with the same shuffle order, dropout masks, node samples and
+    augmentation, so the final weights equal those of an uninterrupted run bit for bit (on the
+    same hardware and library versions). Work done inside the interrupted epoch is lost (at
+    most one epoch). Build the loaders and the model as in the interrupted run; a generator
+    that cannot be matched by name is reported with a warning. Under several processes only
+    rank 0 writes ``last.pt`` and every rank restores rank 0's states.
+
+    **A final batch of one sample** (``len(dataset) % batch_size == 1``) is skipped, with one
+    warning, when the model in training mode has a BatchNorm layer or a batch-relation method
+    (``level == "batch"``: RKD, GKD, SP, ...), which need two samples: the run then equals a run
+    without that sample. A batch of one is only skipped after a larger first batch in the same
+    epoch (one graph per step, as in full-graph training, is kept). To drop it silently pass
+    ``drop_last=True`` to the DataLoader.
 
     Under ``torch.distributed`` (more than one process) the model trains with DDP on the global
     batch; see the module docstring (shard ``train_loader`` with a ``DistributedSampler``; a
@@ -442,28 +633,43 @@ def fit(
         sampler = _check_sharded(train_loader)
     opt = _build_optimizer(model, optimizer, lr)
 
+    loaders = {"train_loader": train_loader, "val_loader": val_loader}
     result = FitResult(out_dir=out)
     start = 1
     best_state = None
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
-        torch.set_rng_state(ck["rng"])
+        if "rng_states" in ck:
+            _set_rng_state(ck["rng_states"], model, loaders)
+        else:  # a checkpoint of an older graphkd: the global torch RNG only
+            log.warning("resume: %s holds torch's global RNG state only; the loaders' and "
+                        "losses' generators restart from their seeds (not an exact resume).",
+                        out / "last.pt")
+            torch.set_rng_state(ck["rng"].cpu())
         start = int(ck["epoch"]) + 1
         result.history = list(ck["history"])
         result.best_epoch, result.best_metric = int(ck["best_epoch"]), float(ck["best_metric"])
         if restore_best and (out / "best.pt").is_file():
-            best_state = load_checkpoint(out / "best.pt", map_location=device)["model"]
+            best = load_checkpoint(out / "best.pt", map_location=device)
+            # best.pt is written before last.pt: after a kill between the two it belongs to
+            # the epoch being replayed, which will write it again.
+            if int(best.get("epoch", result.best_epoch)) == result.best_epoch:
+                best_state = best["model"]
 
+    tail = _TailSkipper()
     for epoch in range(start, epochs + 1):
         t0 = time.perf_counter()
         if sampler is not None:
             sampler.set_epoch(epoch)
         model.train()
+        tail.new_epoch(model)
         sums: dict[str, Tensor] = {}
         n = 0
         bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
                    disable=not progress)
         for data in bar:
+            if tail.skip(data):
+                continue
             data = _to_device(data, device)
             if distiller is not None:
                 _, losses = runner(data)
@@ -505,12 +711,15 @@ def fit(
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                        if k != "epoch"))
         if out is not None and main:
-            _write_csv(out / "log.csv", row, append=epoch > 1)
+            # the RNG states here are those at the start of epoch + 1: a resumed run replays
+            # the next epoch from its first batch (see "Exact resume" in the docstring)
             _save({
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric,
                 "history": result.history, "rng": torch.get_rng_state(),
+                "rng_states": _rng_state(model, loaders),
             }, out / "last.pt")
+            _write_log(out / "log.csv", result.history)
         if distributed:
             dist.barrier()  # rank 0's files are complete before any rank goes on
     if restore_best and best_state is not None:
