@@ -13,6 +13,9 @@ graphs are compared edge by edge) and end with an explicit reduction:
                  graph weighs the same whatever its size
 ``"none"``       the per-unit values (``[R]`` or ``[E]``)
 ===============  ==========================================================================
+
+float16 / bfloat16 inputs are computed in float32 and the result is returned in their dtype
+(:func:`graphkd._checks.full_precision`).
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from graphkd._checks import full_precision
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import edge_kernel
 from graphkd.ops import row_log_softmax, row_logsumexp, row_sum
@@ -30,6 +34,7 @@ __all__ = ["REDUCTIONS", "reduce", "row_kl", "edge_mse", "edge_huber", "info_nce
 REDUCTIONS = ("mean", "sum", "graph", "none")
 
 
+@full_precision
 def reduce(values: Tensor, reduction: str, *, group: Tensor | None = None,
            num_groups: int = 1, valid: Tensor | None = None) -> Tensor:
     """Reduce per-unit ``values`` ``[U]``.
@@ -72,6 +77,7 @@ def _check_pair(w_s: Tensor, w_t: Tensor, edges: EdgeSet | None) -> None:
         raise ValueError(f"{w_s.shape[0]} edge values for an EdgeSet of {edges.num_edges} edges.")
 
 
+@full_precision
 def row_kl(
     w_s: Tensor, w_t: Tensor, edges: EdgeSet, *, tau: float = 1.0, reduction: str = "mean",
 ) -> Tensor:
@@ -107,6 +113,7 @@ def _edge_reduce(per_edge: Tensor, edges: EdgeSet | None, reduction: str) -> Ten
                   num_groups=1 if edges is None else edges.num_graphs)
 
 
+@full_precision
 def edge_mse(
     w_s: Tensor, w_t: Tensor, edges: EdgeSet | None = None, *, reduction: str = "mean",
 ) -> Tensor:
@@ -117,6 +124,7 @@ def edge_mse(
     return _edge_reduce((w_s - w_t) ** 2, edges, reduction)
 
 
+@full_precision
 def edge_huber(
     w_s: Tensor, w_t: Tensor, edges: EdgeSet | None = None, *, delta: float = 1.0,
     reduction: str = "mean",
@@ -133,6 +141,7 @@ def edge_huber(
     return _edge_reduce(per_edge, edges, reduction)
 
 
+@full_precision
 def info_nce(
     z_s: Tensor, z_t: Tensor, *, tau: float = 0.07, negatives: EdgeSet | None = None,
     reduction: str = "mean",

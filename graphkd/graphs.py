@@ -33,7 +33,7 @@ from dataclasses import dataclass, replace
 import torch
 from torch import Tensor
 
-from graphkd._checks import check_features, check_index
+from graphkd._checks import check_features, check_index, full_precision
 
 __all__ = ["EdgeSet"]
 
@@ -340,6 +340,7 @@ class EdgeSet:
         return nodes, cls.dense(nodes.numel(), loop=loop, device=device)
 
     @classmethod
+    @full_precision  # float16 |x|^2 overflows for |x| > 256; autocast would run the GEMMs in fp16
     def knn(
         cls, x: Tensor, k: int, *, batch: Tensor | None = None, metric: str = "l2",
         loop: bool = False, chunk_size: int | None = None,
@@ -359,6 +360,9 @@ class EdgeSet:
             loop: whether a point may be its own neighbour (it is then its nearest one).
             chunk_size: query points per chunk; default keeps a chunk's distance block at
                 about 2**24 entries.
+
+        float16 / bfloat16 features are ranked in float32 (and autocast is off inside), so the
+        graph equals the float32 graph of the same (rounded) values.
 
         Returns:
             a regular EdgeSet with ``degree=k`` (and ``batch`` set when given).

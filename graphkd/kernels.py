@@ -24,6 +24,10 @@ batched matmul and picks its edges, when that is cheaper than a gather (``2 R P 
 regular one gathers ``[R, K, D]`` column features against ``[R, 1, D]`` row features; an
 irregular one gathers ``[E, D]`` on both sides.
 
+Precision: float16 / bfloat16 features are evaluated in float32 (autocast off) and the values
+are returned in the features' dtype (:func:`graphkd._checks.full_precision`): distances of
+features of size ~100 overflow float16 (``|x|^2 > 65504``).
+
 Example:
     >>> x = torch.randn(5, 8)
     >>> w = edge_kernel(x, EdgeSet.knn(x, k=2), "rbf", gamma=0.5)   # [10]
@@ -38,12 +42,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphkd._checks import check_features
+from graphkd._checks import check_features, full_precision
 from graphkd.graphs import EdgeSet
 
 __all__ = ["KERNELS", "edge_kernel", "pairwise_kernel", "offdiagonal", "pairwise_sqdist"]
 
 
+@full_precision
 def pairwise_sqdist(a: Tensor, b: Tensor) -> Tensor:
     r"""``[N, M]`` squared Euclidean distances :math:`\|a_i\|^2 + \|b_j\|^2 - 2 a_i^\top b_j`,
     clamped at 0 (one matmul, no ``[N, M, D]`` tensor). Batched inputs ``[G, N, D]`` give
@@ -125,6 +130,7 @@ def offdiagonal(m: Tensor) -> Tensor:
     return m.flatten()[1:].view(n - 1, n + 1)[:, :-1].reshape(n, n - 1)
 
 
+@full_precision
 def pairwise_kernel(a: Tensor, b: Tensor | None = None, kernel: str = "dot", **params) -> Tensor:
     """Dense kernel matrix ``[N, M]`` between the rows of ``a`` ``[N, D]`` and ``b`` ``[M, D]``.
 
@@ -133,6 +139,7 @@ def pairwise_kernel(a: Tensor, b: Tensor | None = None, kernel: str = "dot", **p
     return _get_kernel(kernel).pair(a, a if b is None else b, **params)
 
 
+@full_precision
 def edge_kernel(
     x: Tensor, edges: EdgeSet, kernel: str = "dot", *, x_cols: Tensor | None = None,
     check: bool = True, **params,
@@ -195,6 +202,7 @@ def edge_kernel(
     return k.edge(a, b, **params)
 
 
+@full_precision
 def unit(x: Tensor, eps: float = 1e-8) -> Tensor:
     """Rows scaled to unit L2 norm, with ``eps`` guarding zero rows (``F.normalize``)."""
     return F.normalize(x, dim=-1, eps=eps)

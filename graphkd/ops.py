@@ -8,7 +8,8 @@ differentiable, allocate on the input's device and never read values back to the
 
 Numerics: softmax / logsumexp subtract the (detached) row maximum, the reverse logcumsumexp is
 ``torch.logcumsumexp`` on a flipped, ``-inf``-padded view. An empty row has ``logsumexp = -inf``,
-``sum = 0`` and ``mean = 0``.
+``sum = 0`` and ``mean = 0``. float16 / bfloat16 values are reduced and normalised in float32
+and returned in their own dtype (:func:`graphkd._checks.full_precision`).
 
 Example:
     >>> e = EdgeSet.from_edge_index(torch.tensor([[1, 2, 0], [0, 0, 1]]), num_nodes=3)
@@ -21,6 +22,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from graphkd._checks import full_precision
 from graphkd.graphs import EdgeSet
 
 __all__ = [
@@ -60,6 +62,7 @@ def gather_rows(per_row: Tensor, edges: EdgeSet) -> Tensor:
     return per_row.index_select(0, edges.row)
 
 
+@full_precision
 def row_sum(values: Tensor, edges: EdgeSet) -> Tensor:
     r"""Sum of each row's edge values: :math:`y_r = \sum_{e \in r} v_e`. ``[E,*] -> [R,*]``."""
     _check_values(values, edges)
@@ -69,6 +72,7 @@ def row_sum(values: Tensor, edges: EdgeSet) -> Tensor:
     return out.index_add(0, edges.row, values)
 
 
+@full_precision
 def row_mean(values: Tensor, edges: EdgeSet) -> Tensor:
     r"""Mean of each row's edge values (0 for an empty row). ``[E,*] -> [R,*]``."""
     if edges.degree is not None:
@@ -92,6 +96,7 @@ def row_max(values: Tensor, edges: EdgeSet) -> Tensor:
     return out.scatter_reduce(0, _row_index(edges, values), values, "amax", include_self=True)
 
 
+@full_precision
 def row_logsumexp(values: Tensor, edges: EdgeSet) -> Tensor:
     r"""Stable :math:`\log \sum_{e \in r} \exp(v_e)` per row (``-inf`` if empty).
 
@@ -106,6 +111,7 @@ def row_logsumexp(values: Tensor, edges: EdgeSet) -> Tensor:
     return torch.log(s) + m
 
 
+@full_precision
 def row_log_softmax(values: Tensor, edges: EdgeSet) -> Tensor:
     r"""Row-wise log-softmax: :math:`v_e - \log\sum_{e' \in r} \exp(v_{e'})`. ``[E,*]->[E,*]``."""
     if edges.degree is not None:
@@ -114,6 +120,7 @@ def row_log_softmax(values: Tensor, edges: EdgeSet) -> Tensor:
     return values - gather_rows(row_logsumexp(values, edges), edges)
 
 
+@full_precision
 def row_softmax(values: Tensor, edges: EdgeSet) -> Tensor:
     r"""Row-wise softmax :math:`p_e = \exp(v_e) / \sum_{e' \in r} \exp(v_{e'})`. ``[E,*]->[E,*]``.
 
@@ -127,6 +134,7 @@ def row_softmax(values: Tensor, edges: EdgeSet) -> Tensor:
     return ex / gather_rows(row_sum(ex, edges), edges)
 
 
+@full_precision
 def row_logcumsumexp(values: Tensor, edges: EdgeSet, *, reverse: bool = True) -> Tensor:
     r"""Per-row cumulative logsumexp along the edge order. ``[E] -> [E]``.
 

@@ -7,10 +7,11 @@ so that configs and the Distiller can say ``method="lsp"``.
 
 from __future__ import annotations
 
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from torch import Tensor, nn
 
+from graphkd._checks import checked_call
 from graphkd.registry import Registry
 
 __all__ = ["DistillLoss", "LOSSES", "register", "get_loss", "loss_names"]
@@ -39,6 +40,17 @@ class DistillLoss(nn.Module):
 
     A match over a tuple of layer paths (IRG, MHGD) receives tuples of tensors, and for
     ``needs_dims`` methods tuples of widths.
+
+    Calling a loss (``loss(f_s, f_t, ...)``) goes through one boundary shared by every method
+    (:func:`graphkd._checks.checked_call`):
+
+    * the teacher's features ``f_t`` are detached (constants: trainable teacher-side heads,
+      G-CRD's or HKD's, still train, on the detached features);
+    * an empty batch raises ``ValueError("<name>: got an empty batch (0 samples); ...")``;
+    * float16 / bfloat16 features are computed in float32 with autocast off (heads run in their
+      float32 parameters), and the loss is returned in the features' dtype;
+    * a non-finite loss from finite features raises ``FloatingPointError`` naming the method
+      and the features' scale (one host synchronisation per call).
     """
 
     name: ClassVar[str] = ""
@@ -49,6 +61,23 @@ class DistillLoss(nn.Module):
 
     def forward(self, f_s: Tensor, f_t: Tensor, **context) -> Tensor:  # pragma: no cover
         raise NotImplementedError
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        if len(args) > 1:
+            args = (args[0], _detached(args[1]), *args[2:])
+        elif "f_t" in kwargs:
+            kwargs = {**kwargs, "f_t": _detached(kwargs["f_t"])}
+        return checked_call(self.name or type(self).__name__, super().__call__, args, kwargs,
+                            module=self)
+
+
+def _detached(x: Any) -> Any:
+    """``x.detach()`` for a tensor, element-wise for a layer list/tuple."""
+    if isinstance(x, Tensor):
+        return x.detach()
+    if isinstance(x, (list, tuple)):
+        return type(x)(_detached(v) for v in x) if type(x) in (list, tuple) else x
+    return x
 
 
 register = LOSSES.register

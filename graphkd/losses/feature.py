@@ -3,7 +3,9 @@ r"""Feature-level distillation: FitNet, AT, VID and AB.
 These compare features position by position (no relation between samples). They accept node /
 point / sample features ``[N, D]`` and conv-style maps ``[B, C, *spatial]``; trainable heads
 (FitNet's adapter, VID's regressor, AB's connector) act on the channel axis ``1``, i.e. a
-``Linear`` on ``[N, D]`` and the equivalent of a 1x1 convolution on maps.
+``Linear`` on ``[N, D]`` and the equivalent of a 1x1 convolution on maps. The teacher's
+features are constants (detached) in every loss; float16 / bfloat16 inputs are computed in
+float32 and the loss is returned in their dtype.
 
 =========  ===========================================================================
 name       loss
@@ -28,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphkd._checks import check_batched, check_index
+from graphkd._checks import check_batched, check_index, check_nonempty, full_precision
 from graphkd.losses.base import DistillLoss, register
 
 __all__ = [
@@ -74,6 +76,7 @@ def _check_width(x: Tensor, width: int, name: str, arg: str) -> None:
 
 
 # ----------------------------------------------------------------------------- FitNet
+@full_precision
 def fitnet_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
     r"""FitNet hint loss (Romero et al., 2015): :math:`\mathrm{MSE}(f_s, f_t)`, element mean.
 
@@ -84,11 +87,12 @@ def fitnet_loss(f_s: Tensor, f_t: Tensor) -> Tensor:
         f_s: ``[N, D]`` or ``[B, C, *spatial]`` adapted student features.
         f_t: teacher features of the same shape.
     """
+    check_nonempty("fitnet", f_s, f_t)
     _check(f_s, "f_s")
     _check(f_t, "f_t")
     _check_same_shape(f_s, f_t, "f_s", "f_t",
                       "FitNet compares features elementwise: adapt the student's width first.")
-    return F.mse_loss(f_s, f_t)
+    return F.mse_loss(f_s, f_t.detach())
 
 
 @register("fitnet")
@@ -165,6 +169,7 @@ def at_map(
     return a / sq.clamp_min(eps * eps).sqrt().index_select(0, batch)
 
 
+@full_precision
 def at_loss(
     f_s: Tensor, f_t: Tensor, *, p: float = 2.0, batch: Tensor | None = None,
     num_graphs: int | None = None,
@@ -187,8 +192,10 @@ def at_loss(
         batch: ``[N]`` graph ids for node features.
         num_graphs: number of graphs.
     """
+    check_nonempty("at", f_s, f_t)
     _check(f_s, "f_s")
     _check(f_t, "f_t")
+    f_t = f_t.detach()
     if not p > 0:
         raise ValueError(f"`p` must be > 0, got {p}.")
     if f_s.dim() != f_t.dim() or f_s.shape[0] != f_t.shape[0] or f_s.shape[2:] != f_t.shape[2:]:
@@ -225,6 +232,7 @@ class AT(DistillLoss):
 
 
 # ----------------------------------------------------------------------------- VID
+@full_precision
 def vid_loss(mean: Tensor, f_t: Tensor, var: Tensor) -> Tensor:
     r"""VID negative log-likelihood (Ahn et al., CVPR 2019), RepDistiller ``VID.py``.
 
@@ -237,8 +245,10 @@ def vid_loss(mean: Tensor, f_t: Tensor, var: Tensor) -> Tensor:
         f_t: teacher features, same shape.
         var: ``[C]`` positive per-channel variances :math:`\sigma_c^2`.
     """
+    check_nonempty("vid", mean, f_t)
     _check(mean, "mean")
     _check(f_t, "f_t")
+    f_t = f_t.detach()
     _check_same_shape(mean, f_t, "mean", "f_t", "regress the student to the teacher's shape.")
     if var.shape != (f_t.shape[1],):
         raise ValueError(f"`var` must have shape [{f_t.shape[1]}] (one variance per teacher "
@@ -290,6 +300,7 @@ class VID(DistillLoss):
 
 
 # ----------------------------------------------------------------------------- AB
+@full_precision
 def ab_loss(r_s: Tensor, f_t: Tensor, *, margin: float = 1.0, reduction: str = "mean") -> Tensor:
     r"""Activation-boundary loss (Heo et al., AAAI 2019) on pre-activations.
 
@@ -307,8 +318,10 @@ def ab_loss(r_s: Tensor, f_t: Tensor, *, margin: float = 1.0, reduction: str = "
         margin: ``m`` (1.0).
         reduction: see above.
     """
+    check_nonempty("ab", r_s, f_t)
     _check(r_s, "r_s")
     _check(f_t, "f_t")
+    f_t = f_t.detach()
     _check_same_shape(r_s, f_t, "r_s", "f_t", "connect the student to the teacher's shape.")
     if reduction not in AB_REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {AB_REDUCTIONS}.")

@@ -52,6 +52,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from graphkd._checks import check_nonempty, full_precision
 from graphkd.adapters import NormalizedProjection, build_adapter
 from graphkd.divergences import info_nce
 from graphkd.graphs import EdgeSet
@@ -96,6 +97,7 @@ class TAGConv1(nn.Module):
         return tag_conv(x, edges, self.linear.weight, self.linear.bias)
 
 
+@full_precision
 def hkd_loss(
     e_s: Tensor, e_t: Tensor, g_s: Tensor | None = None, g_t: Tensor | None = None, *,
     tau: float = 0.07, symmetric: bool = True,
@@ -105,12 +107,25 @@ def hkd_loss(
     ``nce(a, b)`` is :func:`~graphkd.divergences.info_nce` (positives on the diagonal, the rest
     of the batch as negatives, mean over anchors) plus ``nce(b, a)`` when ``symmetric``.
 
+    The teacher's embeddings ``e_t``, ``g_t`` are constants here (detached), as every teacher
+    input of a pure loss; the :class:`HKD` module, whose teacher-side heads are trainable (as
+    in the reference), runs the same computation on embeddings of the *detached* teacher
+    features without detaching them, so those heads still learn.
+
     Args:
         e_s, e_t: ``[B, D]`` normalised raw embeddings of student / teacher.
         g_s, g_t: ``[B, D]`` normalised aggregated embeddings, or ``None`` (no graph term).
         tau: temperature.
         symmetric: add the teacher-anchored terms.
     """
+    return _hkd(e_s, e_t.detach(), g_s, None if g_t is None else g_t.detach(), tau, symmetric)
+
+
+def _hkd(e_s: Tensor, e_t: Tensor, g_s: Tensor | None, g_t: Tensor | None, tau: float,
+         symmetric: bool) -> Tensor:
+    """:func:`hkd_loss` with gradients to both sides' embeddings (the module's heads)."""
+    check_nonempty("hkd", e_s, e_t)
+
     def nce(a: Tensor, b: Tensor) -> Tensor:
         out = info_nce(a, b, tau=tau)
         return out + info_nce(b, a, tau=tau) if symmetric else out
@@ -171,13 +186,15 @@ class HKD(DistillLoss):
                 f"HKD takes [B, d] features with the same B, got {tuple(f_s.shape)} and "
                 f"{tuple(f_t.shape)}; flatten or pool them first."
             )
+        check_nonempty("hkd", f_s, f_t)
+        f_t = f_t.detach()  # the teacher's features are constants; its heads still train
         e_s, e_t = self.embed_s(f_s), self.embed_t(f_t)
         edges = self.instance_graph(f_t)
         if edges is None:
-            return hkd_loss(e_s, e_t, tau=self.tau, symmetric=self.symmetric)
+            return _hkd(e_s, e_t, None, None, self.tau, self.symmetric)
         g_s = F.normalize(self.gnn_s(e_s, edges), dim=-1)
         g_t = F.normalize(self.gnn_t(e_t, edges), dim=-1)
-        return hkd_loss(e_s, e_t, g_s, g_t, tau=self.tau, symmetric=self.symmetric)
+        return _hkd(e_s, e_t, g_s, g_t, self.tau, self.symmetric)
 
 
 # --------------------------------------------------------------------------- MHGD
@@ -238,16 +255,19 @@ class AttentionEstimator(nn.Module):
         return F.normalize(self.fc1(h), dim=-1)
 
 
+@full_precision
 def mhgd_kl(g_s: Tensor, g_t: Tensor, reduction: str = "mean") -> Tensor:
     r"""KL between attention rows: :math:`\sum_j p^S_{hij}(\log p^S_{hij} - \log p^T_{hij})`,
     :math:`p = \mathrm{softmax}_j(\tanh G)`; mean (or sum) over heads and rows.
 
-    Shapes: ``g_s``, ``g_t`` ``[H, B, B]`` -> scalar.
+    Shapes: ``g_s``, ``g_t`` ``[H, B, B]`` -> scalar. The teacher's graphs ``g_t`` are
+    constants (detached).
     """
     if reduction not in ("mean", "sum"):
         raise ValueError(f"unknown reduction {reduction!r}; valid: 'mean', 'sum'.")
+    check_nonempty("mhgd", g_s.movedim(-2, 0))  # rows (axis -2) are the batch's samples
     log_s = torch.log_softmax(torch.tanh(g_s), dim=-1)
-    log_t = torch.log_softmax(torch.tanh(g_t), dim=-1)
+    log_t = torch.log_softmax(torch.tanh(g_t.detach()), dim=-1)
     per_row = (log_s.exp() * (log_s - log_t)).sum(-1)
     return per_row.mean() if reduction == "mean" else per_row.sum()
 

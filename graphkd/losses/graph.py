@@ -15,6 +15,10 @@ name       loss                                                                 
 ``gcrd``   InfoNCE of normalised projections, :math:`\tau = 0.075`                      sampled
 =========  ==========================================================================  ==========
 
+The teacher's features are constants (detached) in every loss; G-CRD's trainable teacher-side
+head still learns (on the detached features). float16 / bfloat16 features are computed in
+float32 (kNN graphs included) and the loss is returned in their dtype.
+
 Example:
     >>> f_t, f_s = torch.randn(6, 8), torch.randn(6, 4)
     >>> edge_index = torch.tensor([[0, 1, 2, 3, 4, 5], [1, 2, 0, 4, 5, 3]])
@@ -30,7 +34,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_same_rows, check_same_shape
+from graphkd._checks import (
+    check_features,
+    check_nonempty,
+    check_same_rows,
+    check_same_shape,
+    full_precision,
+)
 from graphkd.divergences import edge_mse, info_nce, row_kl
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import KERNELS, edge_kernel, offdiagonal, pairwise_kernel, unit
@@ -52,7 +62,8 @@ __all__ = [
 ]
 
 
-def _check_pair(f_s: Tensor, f_t: Tensor) -> None:
+def _check_pair(f_s: Tensor, f_t: Tensor, method: str) -> None:
+    check_nonempty(method, f_s, f_t)
     check_features(f_s, "f_s")
     check_features(f_t, "f_t")
     check_same_rows(f_s, f_t, "f_s", "f_t")
@@ -118,6 +129,7 @@ def lsp_logits(
     return log_kernel(x, edges, check=check, **kernel_params)
 
 
+@full_precision
 def lsp_loss(
     f_s: Tensor, f_t: Tensor, edges: EdgeSet, kernel: str = "rbf", reduction: str = "mean", *,
     tau: float = 1.0, kernel_as_logit: bool = False, **kernel_params,
@@ -159,12 +171,13 @@ def lsp_loss(
         >>> lsp_loss(torch.randn(10, 4), torch.randn(10, 8), e).shape
         torch.Size([])
     """
-    _check_pair(f_s, f_t)
+    _check_pair(f_s, f_t, "lsp")
     return _lsp(f_s, f_t, edges, kernel, reduction, tau, kernel_as_logit, kernel_params)
 
 
 def _lsp(f_s, f_t, edges, kernel, reduction, tau, kernel_as_logit, kernel_params) -> Tensor:
-    """:func:`lsp_loss` without the (already done) input checks."""
+    """:func:`lsp_loss` without the (already done) input checks (the teacher is detached)."""
+    f_t = f_t.detach()
     w_s = lsp_logits(f_s, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
                      **kernel_params)
     w_t = lsp_logits(f_t, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
@@ -254,7 +267,7 @@ class LSP(DistillLoss):
         self, f_s: Tensor, f_t: Tensor, *, batch: Tensor | None = None,
         edge_index: Tensor | None = None,
     ) -> Tensor:
-        _check_pair(f_s, f_t)
+        _check_pair(f_s, f_t, "lsp")
         edges = self.build_graph(f_s, f_t, batch=batch, edge_index=edge_index)
         return _lsp(f_s, f_t, edges, self.kernel, self.reduction, self.tau,
                     self.kernel_as_logit, self.kernel_params)
@@ -287,6 +300,7 @@ def _sample_nodes(
     return perm.sort().values.to(device)
 
 
+@full_precision
 def gsp_loss(
     f_s: Tensor, f_t: Tensor, kernel: str = "cosine", *, max_samples: int = 8192,
     loop: bool = True, generator: torch.Generator | None = None, reduction: str = "mean",
@@ -317,7 +331,8 @@ def gsp_loss(
         >>> gsp_loss(torch.randn(16, 4), torch.randn(16, 8), "rbf").shape
         torch.Size([])
     """
-    _check_pair(f_s, f_t)
+    _check_pair(f_s, f_t, "gsp")
+    f_t = f_t.detach()
     _check_kernel(kernel)
     normalise, defaults = _GSP_KERNELS.get(kernel, (False, {}))
     params = {**defaults, **kernel_params}
@@ -413,6 +428,7 @@ def _knn_mask(a: Tensor, k: int) -> Tensor:
     return torch.maximum(m, m.T)
 
 
+@full_precision
 def gkd_loss(
     f_s: Tensor, f_t: Tensor, *, k: int | None = None, power: int = 1, weight: float = 1.0,
     reduction: str = "sum", eps: float = 1e-8,
@@ -445,7 +461,8 @@ def gkd_loss(
     """
     if f_s.dim() > 2 or f_t.dim() > 2:
         f_s, f_t = f_s.flatten(1), f_t.flatten(1)
-    _check_pair(f_s, f_t)
+    _check_pair(f_s, f_t, "gkd")
+    f_t = f_t.detach()
     if reduction not in ("sum", "mean"):
         raise ValueError(f"gkd_loss reduction must be 'sum' or 'mean', got {reduction!r}.")
     if power < 1:
@@ -530,6 +547,7 @@ def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
     return HEADS[kind](in_dim, out_dim)
 
 
+@full_precision
 def gcrd_loss(
     z_s: Tensor, z_t: Tensor, *, tau: float = 0.075, max_samples: int = 8192,
     generator: torch.Generator | None = None, reduction: str = "mean",
@@ -545,9 +563,14 @@ def gcrd_loss(
     over ``m = min(N, max_samples)`` nodes sampled without replacement (the reference's
     ``nce_criterion``); :func:`graphkd.divergences.info_nce` on the normalised projections.
 
+    ``z_t`` is a constant here (detached), as every teacher input of a pure loss. The
+    :class:`GCRD` module, whose teacher-side head is trainable (as in the reference), runs the
+    same computation on ``head_t(f_t.detach())`` without detaching the projection, so the
+    head still learns while the teacher's features get no gradient.
+
     Args:
         z_s: ``[N, P]`` projected student embeddings (e.g. ``head_s(f_s)``).
-        z_t: ``[N, P]`` projected teacher embeddings.
+        z_t: ``[N, P]`` projected teacher embeddings (detached).
         tau: temperature.
         max_samples: node sample size.
         generator: CPU generator for the sample.
@@ -557,6 +580,13 @@ def gcrd_loss(
         >>> gcrd_loss(torch.randn(32, 16), torch.randn(32, 16)).shape
         torch.Size([])
     """
+    return _gcrd(z_s, z_t.detach(), tau, max_samples, generator, reduction)
+
+
+def _gcrd(z_s: Tensor, z_t: Tensor, tau: float, max_samples: int,
+          generator: torch.Generator | None, reduction: str) -> Tensor:
+    """:func:`gcrd_loss` with gradients to both projections (the module's trainable heads)."""
+    check_nonempty("gcrd", z_s, z_t)
     check_features(z_s, "z_s")
     check_features(z_t, "z_t")
     check_same_shape(z_s, z_t, "`z_s`", "`z_t`",
@@ -609,13 +639,13 @@ class GCRD(DistillLoss):
         self.generator = _seeded(seed)
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
-        _check_pair(f_s, f_t)
+        _check_pair(f_s, f_t, "gcrd")
         if f_s.shape[1] != self.student_dim or f_t.shape[1] != self.teacher_dim:
             raise ValueError(
                 f"GCRD was built for student_dim={self.student_dim}, "
                 f"teacher_dim={self.teacher_dim} but got widths {f_s.shape[1]} and "
                 f"{f_t.shape[1]}; rebuild it with the right widths."
             )
-        return gcrd_loss(self.head_s(f_s), self.head_t(f_t), tau=self.tau,
-                         max_samples=self.max_samples, generator=self.generator,
-                         reduction=self.reduction)
+        # the teacher's features are constants; its projection head still trains
+        return _gcrd(self.head_s(f_s), self.head_t(f_t.detach()), self.tau, self.max_samples,
+                     self.generator, self.reduction)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphkd._checks import check_features, check_same_shape
+from graphkd._checks import check_features, check_nonempty, check_same_shape, full_precision
 from graphkd.losses.base import DistillLoss, register
 
 __all__ = ["KD_REDUCTIONS", "kd_loss", "KD"]
@@ -20,6 +20,7 @@ __all__ = ["KD_REDUCTIONS", "kd_loss", "KD"]
 KD_REDUCTIONS = ("batchmean", "sum", "none")
 
 
+@full_precision
 def kd_loss(
     logits_s: Tensor, logits_t: Tensor, tau: float = 4.0, *, reduction: str = "batchmean",
 ) -> Tensor:
@@ -30,7 +31,8 @@ def kd_loss(
             \big(\log p^t_{nc} - \log p^s_{nc}\big), \qquad
         p^x_n = \mathrm{softmax}(z^x_n / \tau)
 
-    computed from log-softmaxes. ``reduction="batchmean"`` divides by the number of samples
+    computed from log-softmaxes, in float32 for float16/bfloat16 logits. The teacher's logits
+    are constants (detached). ``reduction="batchmean"`` divides by the number of samples
     ``N`` only, as RepDistiller ``KD.py`` (``F.kl_div(..., size_average=False) * T**2 /
     B``); it is *not* the element mean that also divides by the class count.
 
@@ -48,8 +50,10 @@ def kd_loss(
         >>> kd_loss(torch.randn(4, 3), torch.randn(4, 3), tau=2.0).shape
         torch.Size([])
     """
+    check_nonempty("kd", logits_s, logits_t)
     check_features(logits_s, "logits_s")
     check_features(logits_t, "logits_t")
+    logits_t = logits_t.detach()
     check_same_shape(logits_s, logits_t, "student logits", "teacher logits",
                      "both are [N, num_classes].")
     if not tau > 0:

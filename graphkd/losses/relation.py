@@ -14,9 +14,10 @@ name       loss
 ``irg``    :math:`\lambda_v L_{vertex} + \lambda_e L_{edge} + \lambda_t L_{transform}`
 =========  ===============================================================================
 
-All are invariant to a permutation of the batch (the tests check it) and let gradients flow to
-the teacher's features too when they require grad (mutual learning); a frozen teacher
-(``requires_grad=False``) costs nothing extra.
+All are invariant to a permutation of the batch (the tests check it). The teacher's features are
+constants: every loss detaches them (mutual learning trains each side on the other's detached
+features, as :class:`~graphkd.distill.Distiller` does). float16 / bfloat16 features are
+computed in float32 and the loss is returned in their dtype.
 
 Example:
     >>> f_s, f_t = torch.randn(32, 64), torch.randn(32, 256)
@@ -34,7 +35,13 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.autograd.function import once_differentiable
 
-from graphkd._checks import check_batched, check_same_rows, check_same_shape
+from graphkd._checks import (
+    check_batched,
+    check_nonempty,
+    check_same_rows,
+    check_same_shape,
+    full_precision,
+)
 from graphkd.divergences import edge_huber, edge_mse
 from graphkd.kernels import offdiagonal, pairwise_kernel, pairwise_sqdist
 from graphkd.losses.base import DistillLoss, register
@@ -67,8 +74,11 @@ def _flat(x: Tensor, name: str) -> Tensor:
     return x.flatten(1)
 
 
-def _flat_pair(f_s: Tensor, f_t: Tensor, min_rows: int = 1) -> tuple[Tensor, Tensor]:
-    s, t = _flat(f_s, "f_s"), _flat(f_t, "f_t")
+def _flat_pair(f_s: Tensor, f_t: Tensor, method: str,
+               min_rows: int = 1) -> tuple[Tensor, Tensor]:
+    """Checked, flattened ``(student, detached teacher)`` features of ``method``."""
+    check_nonempty(method, f_s, f_t)
+    s, t = _flat(f_s, "f_s"), _flat(f_t, "f_t").detach()
     check_same_rows(s, t, "f_s", "f_t")
     if s.shape[0] < min_rows:
         raise ValueError(
@@ -94,6 +104,7 @@ def sp_similarity(f: Tensor, p: float = 2.0) -> Tensor:
     return F.normalize(pairwise_kernel(f, kernel="dot"), p=p, dim=1)
 
 
+@full_precision
 def sp_loss(f_s: Tensor, f_t: Tensor, *, p: float = 2.0) -> Tensor:
     r"""Similarity-preserving KD (Tung & Mori, ICCV 2019).
 
@@ -117,7 +128,7 @@ def sp_loss(f_s: Tensor, f_t: Tensor, *, p: float = 2.0) -> Tensor:
         >>> sp_loss(torch.randn(8, 16), torch.randn(8, 32)).shape
         torch.Size([])
     """
-    s, t = _flat_pair(f_s, f_t)
+    s, t = _flat_pair(f_s, f_t, "sp")
     _positive(p, "p")
     return edge_mse(sp_similarity(s, p).reshape(-1), sp_similarity(t, p).reshape(-1))
 
@@ -149,6 +160,7 @@ def _rkd_distance(s: Tensor, t: Tensor, delta: float, eps: float) -> Tensor:
     return edge_huber(d_s / d_s.mean(), d_t / d_t.mean(), delta=delta, reduction="sum") / b**2
 
 
+@full_precision
 def rkd_distance_loss(
     f_s: Tensor, f_t: Tensor, *, delta: float = 1.0, eps: float = 1e-12,
 ) -> Tensor:
@@ -169,7 +181,7 @@ def rkd_distance_loss(
         delta: Huber threshold (``smooth_l1``'s ``beta``).
         eps: clamp of the squared distance.
     """
-    s, t = _flat_pair(f_s, f_t, min_rows=2)
+    s, t = _flat_pair(f_s, f_t, "rkd", min_rows=2)
     _positive(delta, "delta")
     return _rkd_distance(s, t, delta, eps)
 
@@ -288,6 +300,7 @@ def _rkd_chunk(b: int, d: int, chunk_size: int | None) -> int:
     return min(chunk_size, b)
 
 
+@full_precision
 def rkd_angle_loss(
     f_s: Tensor, f_t: Tensor, *, delta: float = 1.0, chunk_size: int | None = None,
     eps: float = 1e-12,
@@ -315,7 +328,7 @@ def rkd_angle_loss(
             ``chunk * B * (B + D) <= 2**21`` (``D`` the wider of the two widths).
         eps: the ``F.normalize`` clamp.
     """
-    s, t = _flat_pair(f_s, f_t, min_rows=2)
+    s, t = _flat_pair(f_s, f_t, "rkd", min_rows=2)
     _positive(delta, "delta")
     return _rkd_angle(s, t, delta, chunk_size, eps)
 
@@ -328,6 +341,7 @@ def _rkd_angle(s: Tensor, t: Tensor, delta: float, chunk_size: int | None, eps: 
     return _RKDAngleSum.apply(s, t, chunk, float(delta), float(eps)) / b**3
 
 
+@full_precision
 def rkd_loss(
     f_s: Tensor, f_t: Tensor, *, w_dist: float = 25.0, w_angle: float = 50.0,
     delta: float = 1.0, chunk_size: int | None = None,
@@ -350,7 +364,7 @@ def rkd_loss(
         >>> rkd_loss(torch.randn(16, 8), torch.randn(16, 32)).shape
         torch.Size([])
     """
-    s, t = _flat_pair(f_s, f_t, min_rows=2)
+    s, t = _flat_pair(f_s, f_t, "rkd", min_rows=2)
     _positive(delta, "delta")
     loss = s.new_zeros(())
     if w_dist:
@@ -392,6 +406,7 @@ def _pkt_conditional(f: Tensor, eps: float) -> Tensor:
     return sim / sim.sum(dim=1, keepdim=True)
 
 
+@full_precision
 def pkt_loss(f_s: Tensor, f_t: Tensor, *, eps: float = 1e-7) -> Tensor:
     r"""Probabilistic knowledge transfer (Passalis & Tefas, ECCV 2018), RepDistiller's formula.
 
@@ -409,7 +424,7 @@ def pkt_loss(f_s: Tensor, f_t: Tensor, *, eps: float = 1e-7) -> Tensor:
         f_s, f_t: ``[B, *]`` student / teacher features (flattened; widths may differ).
         eps: the reference's epsilon.
     """
-    s, t = _flat_pair(f_s, f_t)
+    s, t = _flat_pair(f_s, f_t, "pkt")
     p_s, p_t = _pkt_conditional(s, eps), _pkt_conditional(t, eps)
     return (p_t * (torch.log(p_t + eps) - torch.log(p_s + eps))).mean()
 
@@ -451,6 +466,7 @@ def cc_kernel(f: Tensor, *, gamma: float = 0.4, max_order: int = 2) -> Tensor:
     return k
 
 
+@full_precision
 def cc_loss(
     f_s: Tensor, f_t: Tensor, *, gamma: float = 0.4, max_order: int = 2, normalize: bool = False,
 ) -> Tensor:
@@ -466,20 +482,34 @@ def cc_loss(
     length (as the paper's expansion assumes and as Knowledge-Distillation-Zoo's ``cc.py``
     does). RepDistiller's ``CC.py`` (an adjacent-pair shortcut) is not reproduced.
 
+    The norm is taken of the difference scaled by its largest entry (then scaled back), so
+    unnormalised embeddings of norm ~1e8, whose kernel entries reach ~1e31, give a finite loss
+    and gradient instead of ``inf`` (the squares would overflow float32).
+
     Args:
         f_s, f_t: ``[B, *]`` student / teacher embeddings (flattened; widths may differ).
         gamma: RBF width (0.4).
         max_order: Taylor order ``P`` (2).
         normalize: L2-normalise rows first.
     """
-    s, t = _flat_pair(f_s, f_t)
+    s, t = _flat_pair(f_s, f_t, "cc")
     if not isinstance(max_order, int) or max_order < 0:
         raise ValueError(f"`max_order` must be an int >= 0, got {max_order!r}.")
     if normalize:
         s, t = F.normalize(s, dim=1), F.normalize(t, dim=1)
     diff = cc_kernel(s, gamma=gamma, max_order=max_order) - cc_kernel(
         t, gamma=gamma, max_order=max_order)
-    return torch.linalg.vector_norm(diff) / s.shape[0] ** 2
+    return _frobenius(diff) / s.shape[0] ** 2
+
+
+def _frobenius(m: Tensor) -> Tensor:
+    """``||m||_F`` without overflow: ``a * ||m / a||_F`` with ``a = max |m|`` (detached).
+
+    The plain norm squares the entries: CC kernels of features of norm ~1e8 reach ~1e31, whose
+    squares overflow float32 to an ``inf`` loss with a zero gradient.
+    """
+    a = m.detach().abs().amax().clamp_min(torch.finfo(m.dtype).tiny)
+    return torch.linalg.vector_norm(m / a) * a
 
 
 @register("cc")
@@ -534,6 +564,7 @@ def _irg_transform(a: Tensor, b: Tensor, eps: float) -> Tensor:
     return d / d.max()
 
 
+@full_precision
 def irg_loss(
     f_s: Sequence[Tensor], f_t: Sequence[Tensor], *, lambda_v: float = 0.1,
     lambda_e: float = 5.0, lambda_t: float = 5.0,
@@ -569,7 +600,8 @@ def irg_loss(
     if isinstance(f_s, Tensor) or isinstance(f_t, Tensor):
         raise TypeError("IRG takes lists of per-layer features [h_1, ..., h_L, logits] for "
                         "`f_s` and `f_t`, not single tensors.")
-    f_s, f_t = list(f_s), list(f_t)
+    f_s, f_t = list(f_s), [x.detach() if isinstance(x, Tensor) else x for x in f_t]
+    check_nonempty("irg", f_s, f_t)
     if len(f_s) != len(f_t) or len(f_s) < 2:
         raise ValueError(
             f"`f_s` and `f_t` must list the same layers, at least one feature and the logits "

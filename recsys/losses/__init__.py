@@ -42,7 +42,10 @@ method       once / per epoch                              per batch (``forward`
 ``hint``     trainable adapters.                            embeddings of unique users and items.
 ===========  ============================================  =========================================
 
-Teacher tensors are treated as constants (detached) by every loss.
+Teacher tensors are treated as constants (detached) by every loss. Numerics, as in graphkd: an
+empty batch raises ``ValueError("<method>: got an empty batch (0 samples); ...")``, float16 /
+bfloat16 scores are computed in float32 and the loss returned in their dtype, and a module's
+non-finite loss from finite inputs raises ``FloatingPointError`` naming the method.
 """
 
 from recsys.losses._base import (

@@ -8,12 +8,12 @@ Modules register under a short name, so a config can say ``method: rrd``.
 from __future__ import annotations
 
 import functools
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from graphkd._checks import check_finite
+from graphkd._checks import check_finite, check_loss_output, checked_call
 from graphkd.graphs import EdgeSet
 from graphkd.registry import Registry
 
@@ -41,10 +41,21 @@ class RankingLoss(nn.Module):
 
     ``inputs`` documents what ``forward`` takes (the trainer reads it); :meth:`set_epoch` is
     called once per epoch by the trainer (no-op unless a method anneals or switches schedules).
+
+    Calling a loss goes through the boundary shared with graphkd's losses
+    (:func:`graphkd._checks.checked_call`): an empty batch (0 users / entities) raises
+    ``ValueError("<name>: got an empty batch (0 samples); ...")``, float16 / bfloat16 inputs
+    are computed in float32 (trainable experts/adapters in their float32 parameters) and the
+    loss is returned in the inputs' dtype, and a non-finite loss from finite inputs raises
+    ``FloatingPointError`` naming the method and the inputs' scale.
     """
 
     name: ClassVar[str] = ""
     inputs: ClassVar[str] = ""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return checked_call(self.name or type(self).__name__, super().__call__, args, kwargs,
+                            module=self)
 
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         """Hook called at the start of every epoch (0-based ``epoch`` of ``num_epochs``)."""
@@ -107,21 +118,23 @@ def check_lists(x: Tensor, name: str, *, rows: int | None = None, finite: bool =
         )
 
 
-def check_output(out: Tensor, **inputs: Tensor) -> None:
+def check_output(out: Tensor, *, method: str = "loss", **inputs: Tensor) -> None:
     """Raise if a loss's (small) output is not finite, naming the non-finite input.
 
     Cheaper than scanning every input: one reduction over ``out`` (and one host sync); the
     inputs are only scanned to write the error message. Non-finite inputs that leave the
     result finite (``-inf`` scores of negatives, which carry no probability mass) pass.
+
+    Raises:
+        ValueError: an input is not finite (named).
+        FloatingPointError: every input is finite (see
+            :func:`graphkd._checks.check_loss_output`; the message names ``method``).
     """
     if bool(torch.isfinite(out).all()):
         return
     for name, x in inputs.items():
         check_finite(x, name)
-    raise ValueError(
-        "the loss is not finite although its inputs are; the scores span a range too wide "
-        "for the dtype (use float64 or rescale the scores)."
-    )
+    check_loss_output(out, method, list(inputs.values()))
 
 
 def reduce_rows(per_row: Tensor, reduction: str) -> Tensor:

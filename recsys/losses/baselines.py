@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_same_rows
+from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
 from graphkd.divergences import edge_mse, row_kl
 from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
 
@@ -28,6 +28,7 @@ def _same(a: Tensor, b: Tensor, na: str, nb: str) -> None:
         raise ValueError(f"`{na}` {tuple(a.shape)} and `{nb}` {tuple(b.shape)} must match.")
 
 
+@full_precision
 def score_kd_loss(student_scores: Tensor, teacher_scores: Tensor, *,
                   reduction: str = "mean") -> Tensor:
     """Squared error of student vs teacher scores on the top-K edges.
@@ -36,15 +37,18 @@ def score_kd_loss(student_scores: Tensor, teacher_scores: Tensor, *,
         student_scores, teacher_scores: ``[U, K]`` scores of the teacher's top-K items.
         reduction: over the ``U*K`` edges: ``"mean"`` (default), ``"sum"`` or ``"none"``.
     """
+    check_nonempty("score_kd", student_scores, teacher_scores)
     _same(student_scores, teacher_scores, "student_scores", "teacher_scores")
     u, k = student_scores.shape
     return edge_mse(student_scores.reshape(-1), teacher_scores.detach().reshape(-1),
                     list_graph(u, k, student_scores.device), reduction=reduction)
 
 
+@full_precision
 def listwise_kd_loss(student_scores: Tensor, teacher_scores: Tensor, *, tau: float = 1.0,
                      reduction: str = "sum") -> Tensor:
     """``tau**2 * KL`` between the teacher's and the student's softmax over the top-K list."""
+    check_nonempty("listwise_kd", student_scores, teacher_scores)
     _same(student_scores, teacher_scores, "student_scores", "teacher_scores")
     u, k = student_scores.shape
     per_row = row_kl(student_scores.reshape(-1), teacher_scores.detach().reshape(-1),
@@ -52,8 +56,10 @@ def listwise_kd_loss(student_scores: Tensor, teacher_scores: Tensor, *, tau: flo
     return reduce_rows(per_row * tau**2, reduction)
 
 
+@full_precision
 def hint_loss(s_projected: Tensor, t: Tensor, *, reduction: str = "sum") -> Tensor:
     """FitNet hint :math:`\\sum_b \\|s'_b - t_b\\|^2` on already projected student embeddings."""
+    check_nonempty("hint", s_projected, t)
     check_features(s_projected, "s_projected")
     check_features(t, "t")
     check_same_rows(s_projected, t, "s_projected", "t")

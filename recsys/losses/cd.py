@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from graphkd._checks import check_nonempty, full_precision
 from graphkd.ops import row_sum
 from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
 
@@ -32,6 +33,7 @@ def cd_soft_labels(teacher_scores: Tensor, t1: float = 2.0, t2: float = 0.0) -> 
     return torch.sigmoid((teacher_scores.detach() + t2) / t1)
 
 
+@full_precision
 def cd_loss(student_scores: Tensor, teacher_scores: Tensor, *, t1: float = 2.0,
             t2: float = 0.0, reduction: str = "sum") -> Tensor:
     """Soft-label BCE of the student on the sampled items.
@@ -46,6 +48,7 @@ def cd_loss(student_scores: Tensor, teacher_scores: Tensor, *, t1: float = 2.0,
         >>> cd_loss(torch.zeros(2, 3), torch.zeros(2, 3))  # 6 * log 2
         tensor(4.1589)
     """
+    check_nonempty("cd", student_scores, teacher_scores)
     check_lists(student_scores, "student_scores")
     check_lists(teacher_scores, "teacher_scores", rows=student_scores.shape[0])
     if teacher_scores.shape != student_scores.shape:

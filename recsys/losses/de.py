@@ -23,7 +23,7 @@ import math
 import torch
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_same_rows
+from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
 from recsys.losses._base import RankingLoss, reduce_rows, register
 
 __all__ = [
@@ -89,6 +89,7 @@ def experts_forward(s: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor) -
     return torch.einsum("beh,eho->beo", h, w2) + b2
 
 
+@full_precision
 def de_loss(s: Tensor, t: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor,
             selection_logits: Tensor, tau: float, *, gumbel: Tensor | None = None,
             generator: torch.Generator | None = None, reduction: str = "sum") -> Tensor:
@@ -103,6 +104,7 @@ def de_loss(s: Tensor, t: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
         gumbel: optional ``[B, E]`` Gumbel noise (for reproducibility/tests).
         reduction: over entities: ``"sum"`` (reference), ``"mean"``, ``"none"``.
     """
+    check_nonempty("de", s, t)
     check_features(s, "s")
     check_features(t, "t")
     check_same_rows(s, t, "s", "t")

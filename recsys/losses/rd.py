@@ -34,6 +34,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from graphkd._checks import check_nonempty, full_precision
 from graphkd.ops import row_sum
 from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
 
@@ -153,6 +154,7 @@ def rd_weights(
     return w
 
 
+@full_precision
 def rd_loss(topk_scores: Tensor, weights: Tensor, *, reduction: str = "sum") -> Tensor:
     r"""Weighted soft-label loss :math:`\sum_u \sum_r w_{u,r} (-\log\sigma(\hat s_{u,\pi_r}))`.
 
@@ -165,6 +167,7 @@ def rd_loss(topk_scores: Tensor, weights: Tensor, *, reduction: str = "sum") -> 
         >>> s = torch.randn(4, 10, requires_grad=True)
         >>> rd_loss(s, rd_position_weights(10)).backward()
     """
+    check_nonempty("rd", topk_scores)
     check_lists(topk_scores, "topk_scores")
     u, k = topk_scores.shape
     if weights.shape not in ((k,), (u, k)):

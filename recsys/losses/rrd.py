@@ -38,7 +38,7 @@ import math
 import torch
 from torch import Tensor
 
-from graphkd._checks import check_finite
+from graphkd._checks import check_finite, check_nonempty, full_precision
 from graphkd.graphs import EdgeSet
 from graphkd.ops import gather_rows, row_logcumsumexp, row_logsumexp, row_max, row_sum
 from recsys.losses._base import (
@@ -52,6 +52,7 @@ from recsys.losses._base import (
 __all__ = ["rrd_loss", "plackett_luce_denominators", "dcd_loss", "RRD", "DCD"]
 
 
+@full_precision
 def rrd_loss(scores_interesting: Tensor, scores_uninteresting: Tensor, *,
              reduction: str = "sum") -> Tensor:
     r"""Relaxed Plackett-Luce loss of an ordered list above a set of negatives.
@@ -70,6 +71,7 @@ def rrd_loss(scores_interesting: Tensor, scores_uninteresting: Tensor, *,
         >>> rrd_loss(torch.zeros(1, 2), torch.zeros(1, 1))  # log 3 + log 2
         tensor(1.7918)
     """
+    check_nonempty("rrd", scores_interesting, scores_uninteresting)
     check_lists(scores_interesting, "scores_interesting", finite=False)
     u, k = scores_interesting.shape
     check_lists(scores_uninteresting, "scores_uninteresting", rows=u, finite=False)
@@ -187,6 +189,7 @@ def _denominators_reversed(scores: Tensor, negatives: Tensor | None, pos: EdgeSe
     return out.index_put((rows,), exact.flip(1))
 
 
+@full_precision
 def plackett_luce_denominators(scores: Tensor, extra_lse: Tensor | None = None) -> Tensor:
     r"""``[U, K]`` :math:`y_{u,k} = \log(\sum_{l \ge k} e^{s_{u,l}} + e^{c_u})`, stably and fast.
 
@@ -222,6 +225,7 @@ def dcd_loss(scores_under: Tensor, scores_over: Tensor, *, reduction: str = "sum
         scores_over: ``[U, K]`` student scores of the sampled over-estimated items.
         reduction: over users.
     """
+    check_nonempty("dcd", scores_under, scores_over)
     return rrd_loss(scores_under, scores_over, reduction=reduction)
 
 

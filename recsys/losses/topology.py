@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from graphkd._checks import check_features, check_same_rows
+from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
 from graphkd.divergences import edge_mse
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import edge_kernel, pairwise_kernel
@@ -41,12 +41,14 @@ __all__ = ["ftd_loss", "group_relation_graph", "group_prototypes", "htd_loss", "
 _EDGE_REDUCTIONS = ("sum", "mean")
 
 
-def _check_pair(s: Tensor, t: Tensor) -> None:
+def _check_pair(s: Tensor, t: Tensor, method: str) -> None:
+    check_nonempty(method, s, t)
     check_features(s, "s")
     check_features(t, "t")
     check_same_rows(s, t, "s", "t")
 
 
+@full_precision
 def ftd_loss(s: Tensor, t: Tensor, *, eps: float = 1e-8, reduction: str = "sum") -> Tensor:
     r"""Full topology distillation :math:`\sum_{i,j}(\cos_t(i,j) - \cos_s(i,j))^2`.
 
@@ -60,7 +62,7 @@ def ftd_loss(s: Tensor, t: Tensor, *, eps: float = 1e-8, reduction: str = "sum")
         >>> ftd_loss(torch.eye(3), torch.eye(3))
         tensor(0.)
     """
-    _check_pair(s, t)
+    _check_pair(s, t, "ftd")
     if reduction not in _EDGE_REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {_EDGE_REDUCTIONS}.")
     edges = EdgeSet.dense(s.shape[0], device=s.device)
@@ -126,6 +128,7 @@ def group_prototypes(x: Tensor, groups: Tensor, num_groups: int) -> Tensor:
     return total / count[:, None]
 
 
+@full_precision
 def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = None,
              level: str = "pp", eps: float = 1e-8, positive_mask: bool = False,
              detach_prototypes: bool = False, reduction: str = "sum") -> Tensor:
@@ -144,7 +147,7 @@ def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = N
         reduction: ``"sum"`` of both terms' squared errors (reference) or ``"mean"`` (the sum
             of each term's mean).
     """
-    _check_pair(s, t)
+    _check_pair(s, t, "htd")
     if level not in ("pp", "pe"):
         raise ValueError(f"unknown HTD level {level!r}; valid: 'pp', 'pe'.")
     if reduction not in _EDGE_REDUCTIONS:

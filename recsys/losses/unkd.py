@@ -17,13 +17,14 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor
 
-from graphkd._checks import check_same_shape
+from graphkd._checks import check_nonempty, check_same_shape, full_precision
 from graphkd.ops import row_sum
 from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
 
 __all__ = ["unkd_loss", "UnKD"]
 
 
+@full_precision
 def unkd_loss(scores_i: Tensor, scores_j: Tensor, *, valid: Tensor | None = None,
               reduction: str = "sum") -> Tensor:
     """Pairwise within-group loss (see module docstring).
@@ -35,6 +36,7 @@ def unkd_loss(scores_i: Tensor, scores_j: Tensor, *, valid: Tensor | None = None
             user without valid pairs contributes 0).
         reduction: over users.
     """
+    check_nonempty("unkd", scores_i, scores_j)
     check_lists(scores_i, "scores_i")
     check_lists(scores_j, "scores_j", rows=scores_i.shape[0])
     check_same_shape(scores_i, scores_j, "`scores_i`", "`scores_j`")

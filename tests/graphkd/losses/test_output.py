@@ -70,8 +70,8 @@ def test_kd_reductions_and_invariance():
 
 def test_kd_gradcheck():
     z_s = torch.randn(4, 3, dtype=D64, requires_grad=True)
-    z_t = torch.randn(4, 3, dtype=D64, requires_grad=True)
-    assert torch.autograd.gradcheck(lambda a, b: kd_loss(a, b, 2.0), (z_s, z_t))
+    z_t = torch.randn(4, 3, dtype=D64)  # the teacher's logits are constants
+    assert torch.autograd.gradcheck(lambda a: kd_loss(a, z_t, 2.0), (z_s,))
 
 
 def test_kd_large_logits_are_stable():
