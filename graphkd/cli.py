@@ -11,7 +11,11 @@ Subcommands::
 Any config entry can be overridden with ``--set key.path=value`` (value parsed as YAML), e.g.
 ``--set student.train.epochs=2 --set seeds=[0]``. Results go to ``<output_dir>/<name>/``:
 the cached teacher checkpoint, ``results.json`` (raw per-seed values), ``report.md`` and
-``report.png``.
+``report.png``. ``name`` must be a plain folder name (no ``..``, no ``/``, not absolute).
+
+Errors (a bad config entry, a missing file, ``--device cuda`` without CUDA, a missing optional
+extra) print one line ``graphkd: error: <message>`` and exit with status 2; ``--debug`` or
+``GRAPHKD_DEBUG=1`` shows the traceback instead.
 
 Several processes: ``graphkd distill --nproc N ...`` (or ``torchrun --nproc-per-node N -m
 graphkd.cli distill ...``) trains every student with DistributedDataParallel, relation methods
@@ -47,6 +51,39 @@ def _find_config(path: str) -> Path:
     return repo if repo.is_file() else p
 
 
+def check_device(name: str) -> None:
+    """Refuse a device this machine cannot use, with the fix, before any work is done.
+
+    Raises:
+        ConfigError: not a device name, or CUDA/MPS asked for but not available.
+    """
+    import torch
+
+    from graphkd.config import ConfigError
+
+    if name == "auto":
+        return
+    try:
+        dev = torch.device(name)
+    except (RuntimeError, ValueError, TypeError):
+        raise ConfigError(f"device {name!r} is not a device name: use cpu, cuda, "
+                          "cuda:<index> or auto.") from None
+    if dev.type == "cuda":
+        if not torch.cuda.is_available():
+            why = ("this torch build has no CUDA support" if torch.version.cuda is None
+                   else "no CUDA GPU is visible")
+            raise ConfigError(f"device {name!r}: CUDA is not available ({why}); use "
+                              "--device cpu (or --device auto to take a GPU when there is one).")
+        count = torch.cuda.device_count()
+        if dev.index is not None and dev.index >= count:
+            raise ConfigError(f"device {name!r}: only {count} CUDA device(s) visible "
+                              f"(cuda:0..cuda:{count - 1}).")
+    elif dev.type == "mps":
+        mps = getattr(torch.backends, "mps", None)
+        if mps is None or not mps.is_available():
+            raise ConfigError(f"device {name!r}: MPS is not available; use --device cpu.")
+
+
 def _load(args: argparse.Namespace):
     from graphkd.config import load_config
 
@@ -57,7 +94,9 @@ def _load(args: argparse.Namespace):
         overrides.append(f"device={args.device}")
     if getattr(args, "sync_bn", False):
         overrides.append("sync_batchnorm=true")
-    return load_config(_find_config(args.config), overrides)
+    cfg = load_config(_find_config(args.config), overrides)
+    check_device(cfg.device)
+    return cfg
 
 
 def _print_table(results: dict) -> None:
@@ -245,6 +284,11 @@ def cmd_methods(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback of an error (also: GRAPHKD_DEBUG=1)")
+
+
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
     p.add_argument("--config", required=config_required, default=None,
                    help="YAML experiment config (see configs/)")
@@ -260,6 +304,7 @@ def build_parser() -> argparse.ArgumentParser:
     """The argument parser (one subparser per command)."""
     parser = argparse.ArgumentParser(
         prog="graphkd", description="Graph-representation knowledge distillation.")
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("train-teacher", help="train (or load) the config's teacher")
@@ -298,25 +343,53 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("methods", help="list the registered distillation losses")
     p.set_defaults(func=cmd_methods, quiet=True, verbose=False)
+    for p in sub.choices.values():  # `graphkd distill ... --debug` as well as `graphkd --debug`
+        _add_debug(p, argparse.SUPPRESS)
     return parser
+
+
+#: What a command line can get wrong: these end in one ``graphkd: error: ...`` line, status 2.
+#: (ConfigError is a ValueError; RuntimeError covers an unusable device, ImportError a missing
+#: optional extra, OSError unreadable/unwritable paths.)
+USER_ERRORS = (ValueError, KeyError, RuntimeError, ImportError, OSError)
+
+
+def debug_requested(args: argparse.Namespace | None = None) -> bool:
+    """``--debug`` on the command line or ``GRAPHKD_DEBUG`` set to a true value."""
+    env = os.environ.get("GRAPHKD_DEBUG", "").strip().lower()
+    return bool(getattr(args, "debug", False)) or env not in ("", "0", "false", "no", "off")
+
+
+def error_line(exc: BaseException) -> str:
+    """The exception's message on one line (a KeyError's key without the quotes of repr);
+    unexpected kinds (RuntimeError, KeyError) say how to see the traceback."""
+    if isinstance(exc, KeyError) and len(exc.args) == 1 and isinstance(exc.args[0], str):
+        text = exc.args[0]
+    else:
+        text = str(exc) or type(exc).__name__
+    text = " ".join(part.strip() for part in text.splitlines() if part.strip())
+    if isinstance(exc, (RuntimeError, KeyError)):
+        text += " (rerun with --debug for the traceback)"
+    return text
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``graphkd`` command; returns the exit status.
 
-    Configuration errors, missing files and unknown names print one line on stderr and exit
-    with status 2 (no traceback).
+    Configuration errors, missing files, unknown names, an unusable ``--device`` and a missing
+    optional extra print one line ``graphkd: error: <message>`` on stderr and exit with status 2
+    (no traceback); ``--debug`` or ``GRAPHKD_DEBUG=1`` re-raises instead.
     """
-    from graphkd.config import ConfigError
-
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING,
                         format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (ConfigError, FileNotFoundError) as exc:
-        print(f"graphkd {args.command}: error: {exc}", file=sys.stderr)
+    except USER_ERRORS as exc:
+        if debug_requested(args):
+            raise
+        print(f"graphkd: error: {error_line(exc)}", file=sys.stderr)
         return 2
 
 

@@ -256,7 +256,8 @@ class ExperimentConfig:
     """A whole experiment: data, teacher, student, methods, seeds, where to write.
 
     Attributes:
-        name: experiment name (used for run directories and report titles).
+        name: experiment name (used for run directories and report titles): a plain folder
+            name, created under ``output_dir`` (no ``..``, no path separator, not absolute).
         data: see :class:`DataConfig`.
         teacher: see :class:`RoleConfig`.
         student: see :class:`RoleConfig`.
@@ -294,6 +295,7 @@ class ExperimentConfig:
             path: prefix of the dotted paths in error messages.
             check_registry: also check every match's ``method`` against the loss registry.
         """
+        _plain_name(self.name, f"{path}.name")
         self.data.validate(f"{path}.data")
         self.teacher.validate(f"{path}.teacher")
         self.student.validate(f"{path}.student")
@@ -324,6 +326,16 @@ class ExperimentConfig:
 def _suggest(word: str, options: typing.Iterable[str]) -> str:
     close = difflib.get_close_matches(word, list(options), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
+
+
+def _plain_name(value: str, path: str) -> None:
+    """``value`` must be a plain file-name component: it names a folder under ``output_dir``."""
+    from graphkd.fileio import check_name
+
+    try:
+        check_name(value, path)
+    except ValueError as exc:
+        raise ConfigError(str(exc)) from None
 
 
 def _positive(value: float, path: str) -> None:

@@ -21,6 +21,11 @@ Protocol (the same for every method, so that rows of a table compare):
   report the mean over seeds, and the ratio to the student trained alone and to plain KD.
 * :func:`step_times` measures one training step of every method *interleaved* (round-robin on
   the same batches), which keeps the ratios meaningful on a shared, noisy machine.
+* **A final training batch of one sample** (``len(train) % batch_size == 1``, e.g. 100 clouds
+  with ``batch_size: 33``) is dropped every epoch (``drop_last``), with one warning, for every
+  method alike (teacher, students, stage 1, step timing): BatchNorm in training mode and the
+  batch-relation methods need at least two samples, and every row of a table must see the same
+  batches. Validation and test loaders keep every sample.
 
 Datasets and models are resolved by name through small registries (:func:`register_dataset`,
 :func:`register_model`). The built-in datasets (``digits``, ``modelnet40``, ``chembl``,
@@ -53,6 +58,7 @@ import logging
 import math
 import statistics
 import time
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -72,6 +78,7 @@ from graphkd.config import (
     config_hash,
     to_dict,
 )
+from graphkd.fileio import atomic_torch_save
 from graphkd.sync_batchnorm import convert_sync_batchnorm
 
 __all__ = [
@@ -244,12 +251,34 @@ def resolve_device(name: str) -> torch.device:
 
 
 def _loader(dataset: Sequence[Any], batch_size: int, shuffle: bool, seed: int,
-            num_workers: int = 0):
+            num_workers: int = 0, *, drop_last: bool = False):
     from torch_geometric.loader import DataLoader
 
     gen = torch.Generator().manual_seed(seed)
     return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, generator=gen,
-                      num_workers=num_workers)
+                      num_workers=num_workers, drop_last=drop_last)
+
+
+_TAIL_WARNED: set[tuple[int, int]] = set()
+
+
+def _drop_tail(num_samples: int, batch_size: int) -> bool:
+    """Whether a training loader over ``num_samples`` must drop its last batch (``drop_last``).
+
+    True when that batch would hold a single sample and at least one full batch remains:
+    BatchNorm in training mode and batch-relation methods need two samples. Warns once per
+    process for each ``(num_samples, batch_size)``.
+    """
+    if batch_size < 2 or num_samples <= batch_size or num_samples % batch_size != 1:
+        return False
+    if (num_samples, batch_size) not in _TAIL_WARNED:
+        _TAIL_WARNED.add((num_samples, batch_size))
+        warnings.warn(
+            f"training split: {num_samples} samples in batches of {batch_size} leave a final "
+            "batch of 1 sample; it is dropped every epoch (drop_last) because BatchNorm and "
+            "relation losses need >= 2 samples. Change batch_size to use it.",
+            UserWarning, stacklevel=3)
+    return True
 
 
 def _train_loader(dataset: Sequence[Any], batch_size: int, seed: int, num_workers: int = 0,
@@ -261,11 +290,15 @@ def _train_loader(dataset: Sequence[Any], batch_size: int, seed: int, num_worker
     per rank and step, i.e. ``batch_size`` stays the global batch. Call
     ``loader.sampler.set_epoch(epoch)`` before each epoch.
 
+    A final batch of one sample (per rank when sharded) is dropped with one warning
+    (:func:`_drop_tail`).
+
     Raises:
         ConfigError: ``batch_size`` is not a multiple of the number of processes.
     """
     if not distributed:
-        return _loader(dataset, batch_size, True, seed, num_workers)
+        return _loader(dataset, batch_size, True, seed, num_workers,
+                       drop_last=_drop_tail(len(dataset), batch_size))
     from torch.utils.data.distributed import DistributedSampler
     from torch_geometric.loader import DataLoader
 
@@ -276,7 +309,8 @@ def _train_loader(dataset: Sequence[Any], batch_size: int, seed: int, num_worker
     sampler = DistributedSampler(dataset, num_replicas=w, rank=gd.rank(), shuffle=True,
                                  seed=seed, drop_last=True)
     return DataLoader(dataset, batch_size=batch_size // w, sampler=sampler,
-                      num_workers=num_workers)
+                      num_workers=num_workers,
+                      drop_last=_drop_tail(len(dataset) // w, batch_size // w))
 
 
 def _optimizer(params, cfg: TrainConfig) -> tuple[torch.optim.Optimizer, Any]:
@@ -446,15 +480,25 @@ def _metric_for(cfg: ExperimentConfig) -> Metric:
 
 # ----------------------------------------------------------------------------- teacher
 def run_dir(cfg: ExperimentConfig) -> Path:
-    """``<output_dir>/<name>``."""
-    return Path(cfg.output_dir) / cfg.name
+    """``<output_dir>/<name>``, confined to ``output_dir``.
+
+    Raises:
+        ValueError: ``cfg.name`` is absolute, ``..`` or contains a path separator, or the folder
+            resolves outside ``output_dir`` (a symlink).
+    """
+    from graphkd.fileio import safe_child
+
+    return safe_child(cfg.output_dir, cfg.name, what="run name (config.name)")
 
 
 def teacher_path(cfg: ExperimentConfig) -> Path:
-    """Checkpoint path of the teacher, keyed by a hash of everything that determines it."""
+    """Checkpoint path of the teacher, keyed by a hash of everything that determines it
+    (inside :func:`run_dir`)."""
+    from graphkd.fileio import safe_child
+
     key = config_hash({"data": to_dict(cfg.data), "teacher": to_dict(cfg.teacher),
                        "seed": cfg.teacher_seed, "metric": cfg.metric})
-    return run_dir(cfg) / f"teacher-{key}.pt"
+    return safe_child(run_dir(cfg), f"teacher-{key}.pt", what="teacher checkpoint")
 
 
 def _apply_threads(cfg: ExperimentConfig) -> None:
@@ -514,10 +558,7 @@ def train_teacher(
     rec = {k: hist[k] for k in ("best_epoch", "best_val", "test_at_best", "epoch_time_median",
                                 "val", "test", "epoch_time")}
     rec["num_params"] = sum(p.numel() for p in model.parameters())
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "record": rec}, tmp)
-    tmp.replace(path)
+    atomic_torch_save({"state_dict": model.state_dict(), "record": rec}, path)
     return model, dict(rec, cached=False, path=str(path))
 
 
@@ -556,7 +597,8 @@ def _pretrain(distiller: nn.Module, data: DataBundle, cfg: TrainConfig, device: 
     from graphkd import train as gtrain
 
     t0 = time.perf_counter()
-    loader = _loader(data.train, cfg.batch_size, True, seed)
+    loader = _loader(data.train, cfg.batch_size, True, seed,
+                     drop_last=_drop_tail(len(data.train), cfg.batch_size))
     gtrain.pretrain(distiller, loader, epochs=epochs, lr=cfg.optimizer.lr, device=device,
                     progress=False)
     return time.perf_counter() - t0
@@ -673,8 +715,8 @@ def step_times(
     if any(cfg.methods[m].uses_teacher for m in methods):
         teacher, _ = train_teacher(cfg, data)
     bs = cfg.student.train.batch_size
-    batches = [b.to(device) for _, b in zip(range(rounds + warmup),
-                                            _loader(data.train, bs, True, seed))]
+    loader = _loader(data.train, bs, True, seed, drop_last=_drop_tail(len(data.train), bs))
+    batches = [b.to(device) for _, b in zip(range(rounds + warmup), loader)]
     runners = {}
     for m in methods:
         _, module, step, _ = _make_student(cfg, m, seed, teacher, data, device)

@@ -15,7 +15,7 @@ the others wait and then read"): an exclusive ``fcntl.flock`` on a side ``<name>
 Example:
     >>> import tempfile, pathlib
     >>> d = pathlib.Path(tempfile.mkdtemp())
-    >>> atomic_write_text(d / "a.json", "{}")
+    >>> _ = atomic_write_text(d / "a.json", "{}")
     >>> (d / "a.json").read_text()
     '{}'
 """

@@ -11,7 +11,10 @@ Commands::
     recsys-distill quickstart [--epochs 20] [--methods none,rd,rrd]
 
 ``run`` takes the options of :func:`recsys.recbole.run_distillation`; ``--set key=value``
-entries form RecBole's ``config_dict`` (values parsed as YAML). ``quickstart`` distils a BPR
+entries form RecBole's ``config_dict`` (values parsed as YAML). Datasets are read from
+``<data root>/<name>/`` (``--data-path``, else ``$GRAPHKD_DATA``: the data root of graphkd);
+``--dataset`` is a plain name. Errors print one line ``recsys-distill: error: ...`` and exit
+with status 2 (``--debug`` or ``GRAPHKD_DEBUG=1``: the traceback). ``quickstart`` distils a BPR
 d=200 teacher into a BPR d=20 student on the ml-100k copy shipped with RecBole and prints a
 results table.
 """
@@ -54,9 +57,11 @@ def _key_value(text: str) -> tuple[str, Any]:
 
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k",
-                   help="dataset name: <data-path>/<name>/<name>.inter (ml-100k: RecBole's copy)")
+                   help="dataset name (a plain name): <data-path>/<name>/<name>.inter "
+                        "(ml-100k: RecBole's copy)")
     p.add_argument("--data-path", default=None,
-                   help="data root (default: $GRAPHKD_DATA_ROOT or ./datasets)")
+                   help="data root (default: $GRAPHKD_DATA, else the repository's datasets/; "
+                        "see graphkd.datasets.data_root)")
     p.add_argument("--config-file", action="append", default=[], dest="config_files",
                    help="RecBole YAML config file (repeatable)")
     p.add_argument("--set", action="append", default=[], type=_key_value, dest="settings",
@@ -65,11 +70,18 @@ def _add_common(p: argparse.ArgumentParser) -> None:
                    help="where teachers, soft labels and checkpoints go")
     p.add_argument("--out", default=None, help="write the result as JSON to this file")
     p.add_argument("-v", "--verbose", action="store_true", help="log RecBole's progress")
+    _add_debug(p, argparse.SUPPRESS)
+
+
+def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
+    p.add_argument("--debug", action="store_true", default=default,
+                   help="show the full traceback of an error (also: GRAPHKD_DEBUG=1)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     """The ``recsys-distill`` argument parser."""
     parser = argparse.ArgumentParser(prog="recsys-distill", description=__doc__.split("\n")[0])
+    _add_debug(parser, False)
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", help="distil a teacher into a student (run_distillation)")
@@ -120,10 +132,11 @@ def _config_dict(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _emit(result: Any, out: str | None) -> None:
+    from graphkd.fileio import atomic_write_text
+
     text = json.dumps(result, indent=2, default=str)
     if out:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        Path(out).write_text(text + "\n")
+        atomic_write_text(Path(out), text + "\n")
     print(text)
 
 
@@ -182,7 +195,14 @@ def quickstart(methods: Sequence[str] = QUICKSTART_METHODS, *, dataset: str = "m
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of ``recsys-distill``; returns the exit status."""
+    """Entry point of ``recsys-distill``; returns the exit status.
+
+    Errors (unknown names, a path-like dataset name, missing files, an unreadable checkpoint, a
+    missing optional extra) print one line ``recsys-distill: error: <message>`` on stderr and
+    exit with status 2; ``--debug`` or ``GRAPHKD_DEBUG=1`` re-raises instead.
+    """
+    from graphkd.cli import USER_ERRORS, debug_requested, error_line
+
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if getattr(args, "verbose", False) else logging.WARNING,
                         format="%(asctime)s %(levelname)s %(message)s")
@@ -224,8 +244,10 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(out["table"])
             if args.out:
                 _emit(out["results"], args.out)
-    except (ValueError, FileNotFoundError, TypeError) as exc:
-        print(f"recsys-distill: error: {exc}", file=sys.stderr)
+    except (*USER_ERRORS, TypeError) as exc:
+        if debug_requested(args):
+            raise
+        print(f"recsys-distill: error: {error_line(exc)}", file=sys.stderr)
         return 2
     return 0
 

@@ -11,8 +11,10 @@ already works.
   (a pickled ``Config`` at ``pickle_protocol=4``), so ``Trainer.evaluate(load_best_model=True)``
   and ``resume_checkpoint`` crash (RUCAIBox/RecBole#2155, #2212). Our trainers write checkpoints
   of tensors and numbers only (see :mod:`recsys.recbole.trainer`); to *read* a checkpoint that
-  RecBole itself wrote, :func:`load_recbole_checkpoint` unpickles it with an allow-list (tensors,
-  RecBole's ``Config`` and enums, the model class reference) instead of ``weights_only=False``.
+  RecBole itself wrote, :func:`load_recbole_checkpoint` unpickles it with an allow-list of exact
+  ``(module, name)`` pairs (tensors, RecBole's ``Config`` and enums, the model class reference;
+  no dotted names, no calls of ``Config`` or of class references) instead of
+  ``weights_only=False``.
 * pandas 2.2 warns about chained in-place ``fillna`` in ``recbole/data/dataset/dataset.py``
   (the copy-on-write warning of pandas-dev/pandas#53779; the code still works on pandas < 3, which
   the ``recbole`` extra pins) and torch warns that ``torch.cuda.amp.GradScaler`` is deprecated
@@ -213,66 +215,180 @@ def make_config(model: Any, dataset: str, config_file_list: list[str] | None = N
 
 
 # ----------------------------------------------------------------------------- checkpoints
-# The globals a RecBole 1.2.1 checkpoint pickles besides tensors (found by unpickling one).
-_ALLOWED_GLOBALS: set[tuple[str, str]] = {
+# What a RecBole 1.2.1 checkpoint pickles besides tensors (found by unpickling the files RecBole's
+# own Trainer writes), as exact (module, name) pairs. Nothing else is ever resolved: no prefix
+# matches, and no dotted names (pickle protocol 4 resolves "a.b" attribute chains, so a name like
+# "torch.os.system" in an allowed module would reach any function).
+#
+# Globals the file may *call* (REDUCE/NEWOBJ): harmless with any arguments.
+_CALLABLE_GLOBALS: frozenset[tuple[str, str]] = frozenset({
     ("collections", "OrderedDict"),
     ("torch", "device"),
     ("torch._utils", "_rebuild_tensor_v2"),
     ("torch._utils", "_rebuild_parameter"),
+    ("torch._utils", "_rebuild_parameter_with_state"),
     ("numpy", "dtype"),
+    ("numpy", "ndarray"),
     ("numpy.core.multiarray", "scalar"),
     ("numpy.core.multiarray", "_reconstruct"),
-    ("numpy", "ndarray"),
-    ("recbole.config.configurator", "Config"),
+    ("numpy._core.multiarray", "scalar"),  # numpy >= 2 writes these names
+    ("numpy._core.multiarray", "_reconstruct"),
     ("recbole.utils.enum_type", "ModelType"),
     ("recbole.utils.enum_type", "InputType"),
     ("recbole.utils.enum_type", "EvaluatorType"),
     ("recbole.utils.enum_type", "FeatureType"),
     ("recbole.utils.enum_type", "FeatureSource"),
-    ("yaml.loader", "FullLoader"),
-}
+})
+# Class references that a Config stores and never calls (Config.yaml_loader; Config.model_class
+# is any RecBole model class, matched exactly): they stand as inert placeholders while the file is
+# unpickled, so that the file cannot call them, and are put back afterwards.
+_REFERENCE_GLOBALS: frozenset[tuple[str, str]] = frozenset({("yaml.loader", "FullLoader")})
+# RecBole's Config is rebuilt field by field (NEWOBJ + BUILD) into a subclass whose constructor
+# refuses (Config(...) reads files, sets CUDA_VISIBLE_DEVICES and may join a process group), then
+# given back its own class.
+_CONFIG_GLOBAL = ("recbole.config.configurator", "Config")
+
+
+def _refuse(what: str) -> pickle.UnpicklingError:
+    return pickle.UnpicklingError(
+        f"refusing to load {what} from a RecBole checkpoint: only tensors, RecBole's Config, "
+        "its enums and RecBole model class references are allowed. Load the file with "
+        "torch.load(path, weights_only=False) yourself only if you trust it.")
+
+
+class _Reference:
+    """An inert stand-in for a class reference while a checkpoint is unpickled."""
+
+    __slots__ = ("target",)
+
+    def __init__(self, target: Any) -> None:
+        self.target = target
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        raise _refuse(f"a call of {self.target.__module__}.{self.target.__qualname__}")
+
+    def __setstate__(self, state: Any) -> None:  # BUILD must not retarget a placeholder
+        raise _refuse("state for a class reference")
+
+
+_CONFIG_SHELL: type | None = None
+
+
+def _config_shell() -> type:
+    """``recbole.config.Config`` with a constructor that refuses (built once, lazily)."""
+    global _CONFIG_SHELL
+    if _CONFIG_SHELL is None:
+        from recbole.config import Config
+
+        def __init__(self: Any, *args: Any, **kwargs: Any) -> None:
+            raise _refuse("a call of recbole.config.Config(...)")
+
+        _CONFIG_SHELL = type("Config", (Config,), {"__init__": __init__,
+                                                   "__module__": __name__})
+    return _CONFIG_SHELL
+
+
+def _model_class(module: str, name: str) -> type | None:
+    """The RecBole model class ``module.name`` if that is exactly one, else None."""
+    if not (module.startswith("recbole.model.") and name.isidentifier()
+            and not name.startswith("_")):
+        return None
+    from recbole.model.abstract_recommender import AbstractRecommender
+    from recbole.utils import get_model
+
+    try:
+        cls = get_model(name)  # imports recbole.model.<kind>.<name.lower()> only
+    except (ValueError, ImportError, AttributeError):
+        return None
+    if (isinstance(cls, type) and issubclass(cls, AbstractRecommender)
+            and (cls.__module__, cls.__name__) == (module, name)):
+        return cls
+    return None
 
 
 class _RecBoleUnpickler(pickle.Unpickler):
-    """An unpickler that resolves only the globals a RecBole checkpoint needs.
-
-    The model class reference in ``Config.model_class`` is allowed for modules under
-    ``recbole.model`` only (it is stored as a reference, never called).
-    """
+    """An unpickler that resolves only the exact globals of :data:`_CALLABLE_GLOBALS`, RecBole's
+    ``Config`` (as a shell that cannot be constructed by a call) and inert class references."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) in _ALLOWED_GLOBALS or (
-                module.startswith("recbole.model.") and not name.startswith("_")):
+        if "." in name:  # protocol 4 would resolve it as an attribute chain
+            raise _refuse(f"{module}.{name} (a dotted name)")
+        key = (module, name)
+        if key == _CONFIG_GLOBAL:
+            return _config_shell()
+        if key in _CALLABLE_GLOBALS:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(
-            f"refusing to load {module}.{name} from a RecBole checkpoint: only tensors, "
-            "RecBole's Config and model classes are allowed. Load the file with "
-            "torch.load(path, weights_only=False) yourself if you trust it.")
+        if key in _REFERENCE_GLOBALS:
+            return _Reference(super().find_class(module, name))
+        cls = _model_class(module, name)
+        if cls is not None:
+            return _Reference(cls)
+        raise _refuse(f"{module}.{name}")
 
 
+def _restricted_load(file: Any, **kwargs: Any) -> Any:
+    return _RecBoleUnpickler(file, **kwargs).load()
+
+
+# The ``pickle_module`` torch.load gets: every unpickling goes through _RecBoleUnpickler (torch's
+# legacy, non-zip format calls ``pickle_module.load`` directly, so ``load`` is restricted too).
 _restricted_pickle = types.ModuleType("_recbole_restricted_pickle")
 _restricted_pickle.Unpickler = _RecBoleUnpickler  # type: ignore[attr-defined]
-_restricted_pickle.load = pickle.load  # type: ignore[attr-defined]
+_restricted_pickle.load = _restricted_load  # type: ignore[attr-defined]
 _restricted_pickle.__name__ = "_recbole_restricted_pickle"
+
+
+def _restore(obj: Any, seen: set[int]) -> Any:
+    """Put the real classes back: placeholders -> their targets, Config shells -> Config."""
+    if isinstance(obj, _Reference):
+        return obj.target
+    if id(obj) in seen:
+        return obj
+    if isinstance(obj, dict):
+        seen.add(id(obj))
+        for k, v in list(obj.items()):
+            obj[k] = _restore(v, seen)
+    elif isinstance(obj, list):
+        seen.add(id(obj))
+        obj[:] = [_restore(v, seen) for v in obj]
+    elif type(obj) is tuple:
+        return tuple(_restore(v, seen) for v in obj)
+    elif _CONFIG_SHELL is not None and type(obj) is _CONFIG_SHELL:
+        seen.add(id(obj))
+        obj.__class__ = _CONFIG_SHELL.__mro__[1]
+        _restore(obj.__dict__, seen)
+    return obj
 
 
 def load_recbole_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict:
     """Load a checkpoint written by RecBole's own ``Trainer._save_checkpoint``.
 
     torch >= 2.6 refuses these files with ``weights_only=True`` (RUCAIBox/RecBole#2155): they
-    pickle RecBole's ``Config`` with protocol 4. Instead of ``weights_only=False`` (arbitrary code
-    execution), they are unpickled with an allow-list of the globals such a file contains.
+    pickle RecBole's ``Config`` with protocol 4, which torch's weights-only unpickler cannot
+    read at all (so ``torch.serialization.safe_globals`` cannot help). Instead of
+    ``weights_only=False`` (arbitrary code execution), they are unpickled by an unpickler that
+    resolves only the exact ``(module, name)`` pairs such a file contains (tensors, numbers,
+    ``Config`` and its enums, the model class and YAML loader references) and never lets the
+    file call ``Config`` or a class reference.
 
     Raises:
         FileNotFoundError: ``path`` does not exist.
-        pickle.UnpicklingError: the file needs a global outside the allow-list.
+        pickle.UnpicklingError: the file needs a global outside the allow-list, or is not a
+            readable checkpoint.
     """
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"no checkpoint at {path}")
     importlib.import_module("recbole.config")  # the allowed classes must be importable
-    return torch.load(path, map_location=map_location, weights_only=False,
-                      pickle_module=_restricted_pickle)
+    try:
+        ck = torch.load(path, map_location=map_location, weights_only=False,
+                        pickle_module=_restricted_pickle)
+    except pickle.UnpicklingError:
+        raise
+    except Exception as exc:  # a malformed file: same error type as a refused one
+        raise pickle.UnpicklingError(f"{path} is not a readable RecBole checkpoint: "
+                                     f"{type(exc).__name__}: {exc}") from exc
+    return _restore(ck, set())
 
 
 # ----------------------------------------------------------------------------- tensorboard

@@ -24,10 +24,12 @@ Example:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
 import os
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -45,6 +47,7 @@ __all__ = [
     "DEFAULTS_YAML",
     "method_yaml",
     "build_config",
+    "check_dataset_name",
     "prepare_data",
     "TrainResult",
     "train_model",
@@ -81,11 +84,40 @@ def _read_yaml(path: Path) -> dict[str, Any]:
     return dict(yaml.safe_load(path.read_text(encoding="utf-8")) or {})
 
 
-def _data_root(config_dict: dict[str, Any]) -> dict[str, Any]:
+def _data_root(config_dict: dict[str, Any], config_files: list[str]) -> dict[str, Any]:
+    """``config_dict`` with ``data_path`` set to the data root unless the user chose one (in
+    ``config_dict`` or in one of their config files)."""
     if "data_path" in config_dict:
         return config_dict
-    root = os.environ.get("GRAPHKD_DATA_ROOT", "datasets")
-    return {**config_dict, "data_path": root}
+    if any(_sets_data_path(f) for f in config_files):
+        return config_dict
+    from graphkd.datasets import data_root
+
+    return {**config_dict, "data_path": str(data_root())}
+
+
+def _sets_data_path(path: str) -> bool:
+    try:
+        data = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+    except (OSError, yaml.YAMLError):  # RecBole reports an unreadable file itself
+        return False
+    return isinstance(data, dict) and "data_path" in data
+
+
+def check_dataset_name(dataset: str) -> str:
+    """``dataset`` if it is a plain name (it names ``<data root>/<name>/`` and output files).
+
+    Raises:
+        ValueError: absolute, ``.``/``..``, or with a path separator; the data root itself may be
+            anywhere (``data_path`` / ``$GRAPHKD_DATA``).
+    """
+    from graphkd.fileio import check_name
+
+    try:
+        return check_name(dataset, "dataset")
+    except ValueError as exc:
+        raise ValueError(f"{exc} Put the dataset in <data root>/<name>/ and pass its name; "
+                         "choose the data root with data_path or $GRAPHKD_DATA.") from None
 
 
 def build_config(model: Any, dataset: str, *, method: str | None = None,
@@ -95,18 +127,24 @@ def build_config(model: Any, dataset: str, *, method: str | None = None,
 
     Args:
         model: a RecBole model name or class (``DistillRecommender`` for distillation).
-        dataset: dataset name; atomic files are read from ``<data_path>/<dataset>/``
-            (``data_path`` defaults to ``$GRAPHKD_DATA_ROOT`` or ``datasets``; ``ml-100k`` is
-            the copy shipped inside RecBole).
+        dataset: dataset name (a plain name); atomic files are read from
+            ``<data_path>/<dataset>/`` (``data_path`` defaults to the data root of
+            :func:`graphkd.datasets.data_root`: ``$GRAPHKD_DATA`` or ``datasets/``; ``ml-100k``
+            is the copy shipped inside RecBole).
         method: the distillation method whose YAML defaults to merge.
+
+    Raises:
+        ValueError: ``dataset`` is not a plain name (see :func:`check_dataset_name`).
     """
+    check_dataset_name(dataset)
     files = [str(DEFAULTS_YAML)]
     if method is not None:
         path = method_yaml(method)
         if path.is_file():
             files.append(str(path))
-    files += [str(f) for f in config_file_list or []]
-    user = _data_root(dict(config_dict or {}))
+    user_files = [str(f) for f in config_file_list or []]
+    files += user_files
+    user = _data_root(dict(config_dict or {}), user_files)
     config = make_config(model, dataset, config_file_list=files, config_dict=user)
     if method is not None:
         shipped = _read_yaml(method_yaml(method)).get("distill_params") or {}
@@ -131,10 +169,36 @@ def prepare_data(config: Any) -> tuple[Any, Any, Any]:
         raise FileNotFoundError(
             f"no RecBole atomic file {path}: put <name>.inter (tab-separated, header like "
             "'user_id:token\\titem_id:token\\t...') in <data_root>/<name>/, set "
-            "config_dict={'data_path': <data_root>} or $GRAPHKD_DATA_ROOT, or use 'ml-100k'")
+            "config_dict={'data_path': <data_root>} or $GRAPHKD_DATA, or use 'ml-100k'")
     init_seed(config["seed"], config["reproducibility"])
-    dataset = create_dataset(config)
-    return data_preparation(config, dataset)
+    with _no_pickle_caches(config):
+        dataset = create_dataset(config)
+        return data_preparation(config, dataset)
+
+
+@contextlib.contextmanager
+def _no_pickle_caches(config: Any) -> Iterator[None]:
+    """Keep RecBole from unpickling dataset/dataloader caches the user did not ask for.
+
+    ``create_dataset`` and ``data_preparation`` ``pickle.load`` any
+    ``<checkpoint_dir>/<dataset>-<Dataset class>.pth`` and
+    ``<checkpoint_dir>/<dataset>-for-<model>-dataloader.pth`` that exists (arbitrary code from
+    a planted file). Unless ``save_dataset`` / ``save_dataloaders`` or the matching
+    ``*_save_path`` is set (the user's own caches), the load path points at a file that cannot
+    exist while RecBole looks, and is restored afterwards.
+    """
+    never = os.path.join(os.devnull, "no-pickle-cache.pth")  # a path below a device file
+    saved: dict[str, Any] = {}
+    for flag, key in (("save_dataset", "dataset_save_path"),
+                      ("save_dataloaders", "dataloaders_save_path")):
+        if not config[flag] and not config[key]:
+            saved[key] = config[key]
+            config[key] = never
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            config[key] = value
 
 
 @dataclass
@@ -218,10 +282,15 @@ def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any]
     Returns:
         ``(path, result)``; ``result`` is the training result dict, or None when reused.
     """
+    from graphkd.fileio import safe_child
+
+    check_dataset_name(dataset)
+    model_class(teacher)  # validates the name (it is part of the file name)
     teacher_config = dict(teacher_config or {})
     config_dict = dict(config_dict or {})
     key = _teacher_key(teacher, dataset, teacher_config, config_file_list, config_dict)
-    path = Path(run_dir) / "teachers" / f"{dataset}-{teacher}-{key}.pt"
+    path = safe_child(Path(run_dir) / "teachers", f"{dataset}-{teacher}-{key}.pt",
+                      what="teacher file")
     if path.is_file():
         log.info("reusing teacher %s", path)
         return path, None
@@ -391,6 +460,7 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
     key = str(method).lower()
     method_yaml(key)  # validates the name before any training
     model_class(student)
+    check_dataset_name(dataset)
     _refuse_external_launcher()
     config_dict = dict(config_dict or {})
     config_dict.setdefault("checkpoint_dir", str(Path(run_dir) / "checkpoints"))

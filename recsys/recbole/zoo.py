@@ -19,6 +19,7 @@ import copy
 import hashlib
 import os
 import pickle
+import re
 import warnings
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from graphkd.fileio import atomic_torch_save
 from recsys.recbole.compat import load_recbole_checkpoint
 
 __all__ = [
@@ -66,17 +68,54 @@ def model_class(name: str) -> type:
     return cls
 
 
+#: RecBole's float resolver (``Config._build_yaml_loader``): YAML 1.1 floats plus exponent
+#: floats without a dot (``1e-05``), which ``yaml.safe_load`` would leave as strings.
+_RECBOLE_FLOAT = re.compile(r"""^(?:
+     [-+]?(?:[0-9][0-9_]*)\.[0-9_]*(?:[eE][-+]?[0-9]+)?
+    |[-+]?(?:[0-9][0-9_]*)(?:[eE][-+]?[0-9]+)
+    |\.[0-9_]+(?:[eE][-+][0-9]+)?
+    |[-+]?[0-9][0-9_]*(?::[0-5]?[0-9])+\.[0-9_]*
+    |[-+]?\.(?:inf|Inf|INF)
+    |\.(?:nan|NaN|NAN))$""", re.X)
+
+_SAFE_LOADER: type | None = None
+
+
+def _yaml_loader() -> type:
+    """``yaml.SafeLoader`` plus RecBole's float resolver (no Python tags, ``1e-05`` a float)."""
+    global _SAFE_LOADER
+    if _SAFE_LOADER is None:
+        import yaml
+
+        class RecBoleSafeLoader(yaml.SafeLoader):
+            pass
+
+        # on the subclass only: yaml copies the resolver table, SafeLoader is unchanged
+        RecBoleSafeLoader.add_implicit_resolver("tag:yaml.org,2002:float", _RECBOLE_FLOAT,
+                                                list("-+0123456789."))
+        _SAFE_LOADER = RecBoleSafeLoader
+    return _SAFE_LOADER
+
+
 def model_defaults(name: str) -> dict[str, Any]:
-    """The hyperparameter defaults RecBole ships for model ``name`` (empty when none)."""
+    """The hyperparameter defaults RecBole ships for model ``name`` (empty when none).
+
+    Read with a safe YAML loader that parses floats the way RecBole does (``1e-05`` -> 1e-05).
+
+    Raises:
+        ValueError: ``name`` is not a plain model name (a checkpoint's ``config["model"]``
+            reaches here, so it must not name a file elsewhere).
+    """
     import recbole
     import yaml
-    from recbole.config import Config
 
+    if not isinstance(name, str) or not name.isidentifier():
+        raise ValueError(f"model name {name!r} is not a RecBole model name (a Python "
+                         "identifier such as 'BPR' or 'LightGCN')")
     path = Path(recbole.__file__).parent / "properties" / "model" / f"{name}.yaml"
     if not path.is_file():
         return {}
-    loader = Config._build_yaml_loader(None)  # RecBole's loader (parses 1e-05 as a float)
-    return dict(yaml.load(path.read_text(encoding="utf-8"), Loader=loader) or {})
+    return dict(yaml.load(path.read_text(encoding="utf-8"), Loader=_yaml_loader()) or {})
 
 
 def model_config(config: Any, name: str, overrides: dict[str, Any] | None = None) -> Any:
@@ -146,12 +185,7 @@ def save_model_state(model: nn.Module, path: str | os.PathLike, *, name: str, co
         **dataset_fingerprint(dataset),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
-    return path
+    return atomic_torch_save(state, path)
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -161,6 +195,10 @@ def file_digest(path: str | os.PathLike) -> str:
         for block in iter(lambda: f.read(1 << 20), b""):
             h.update(block)
     return h.hexdigest()[:16]
+
+
+def _first_line(exc: BaseException) -> str:
+    return next(iter(str(exc).splitlines()), "")
 
 
 def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict]:
@@ -173,9 +211,10 @@ def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], d
         try:
             ck = load_recbole_checkpoint(path)
         except Exception as exc2:
+            # exc is torch's generic weights_only message (it even suggests weights_only=False)
             raise ValueError(f"{path} is neither a graphkd model state file nor a RecBole "
-                             f"checkpoint ({type(exc).__name__}: {str(exc).splitlines()[0]}; "
-                             f"{type(exc2).__name__}: {str(exc2).splitlines()[0]})") from exc2
+                             f"checkpoint (weights-only load: {type(exc).__name__}; RecBole "
+                             f"load: {type(exc2).__name__}: {_first_line(exc2)})") from exc2
     if not isinstance(ck, dict) or "state_dict" not in ck:
         raise ValueError(f"{path} holds no 'state_dict': pass a file written by "
                          "recsys.recbole (save_model_state / a trainer checkpoint) or a RecBole "
@@ -184,11 +223,14 @@ def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], d
         fp = {k: ck[k] for k in ("dataset", "n_users", "n_items", "item_hash")}
         return ck["model"], dict(ck["model_config"]), fp, ck["state_dict"]
     cfg = ck.get("config")
-    if cfg is None or "model" not in cfg:
+    try:
+        name = cfg["model"] if cfg is not None and "model" in cfg else None
+    except (TypeError, KeyError):
+        name = None
+    if not isinstance(name, str):
         raise ValueError(f"{path} has a 'state_dict' but no model name: a student checkpoint "
                          "of a distillation run is loaded with recsys.recbole.load_student, "
                          "teachers must be RecBole checkpoints or save_model_state files")
-    name = cfg["model"]
     overrides = {k: cfg[k] for k in model_defaults(name) if k in cfg}
     return name, overrides, {"dataset": cfg["dataset"]}, ck["state_dict"]
 

@@ -214,7 +214,7 @@ def test_missing_dataset_file(base_config, tmp_path):
 
 
 def test_data_root_from_environment(monkeypatch, data_root, base_config):
-    monkeypatch.setenv("GRAPHKD_DATA_ROOT", str(data_root))
+    monkeypatch.setenv("GRAPHKD_DATA", str(data_root))
     cfg = build_config("BPR", "tiny", config_dict={
         k: v for k, v in base_config.items() if k != "data_path"})
     assert cfg["data_path"] == str(data_root / "tiny")
