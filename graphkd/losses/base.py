@@ -38,6 +38,11 @@ class DistillLoss(nn.Module):
       ``pretrain_parameters()``, ``finish_pretraining()`` and a ``pretrained`` flag, and
       :func:`graphkd.train.fit` runs that stage before distillation.
 
+    * ``family``: ``"output"``, ``"feature"``, ``"relation"``, ``"graph"`` or ``"gnn"`` (how
+      reports group methods; a user's own loss defaults to ``"custom"``).
+    * ``global_batch``: the loss relates samples across the batch (SP, RKD, G-CRD, ...), so
+      under DDP it must see the global batch: features are gathered over ranks with gradients.
+
     A match over a tuple of layer paths (IRG, MHGD) receives tuples of tensors, and for
     ``needs_dims`` methods tuples of widths.
 
@@ -58,6 +63,8 @@ class DistillLoss(nn.Module):
     needs_dims: ClassVar[bool] = False
     level: ClassVar[str] = "batch"
     requires_pretraining: ClassVar[bool] = False
+    family: ClassVar[str] = "custom"
+    global_batch: ClassVar[bool] = False
 
     def forward(self, f_s: Tensor, f_t: Tensor, **context) -> Tensor:  # pragma: no cover
         raise NotImplementedError

@@ -109,6 +109,7 @@ class FitNet(DistillLoss):
 
     needs_dims = True
     level = "node"
+    family = "feature"
 
     def __init__(self, student_dim: int, teacher_dim: int, adapter: bool | None = None) -> None:
         super().__init__()
@@ -220,6 +221,7 @@ class AT(DistillLoss):
 
     context = ("batch",)
     level = "node"
+    family = "feature"
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
@@ -274,6 +276,7 @@ class VID(DistillLoss):
 
     needs_dims = True
     level = "node"
+    family = "feature"
 
     def __init__(self, student_dim: int, teacher_dim: int, hidden_dim: int | None = None,
                  init_var: float = 5.0, eps: float = 1e-5) -> None:
@@ -347,6 +350,7 @@ class AB(DistillLoss):
 
     needs_dims = True
     level = "node"
+    family = "feature"
 
     def __init__(self, student_dim: int, teacher_dim: int, margin: float = 1.0,
                  reduction: str = "mean") -> None:

@@ -158,6 +158,8 @@ class HKD(DistillLoss):
 
     needs_dims: ClassVar[bool] = True
     level: ClassVar[str] = "batch"
+    family = "gnn"
+    global_batch = True
 
     def __init__(
         self, student_dim: int, teacher_dim: int, *, feat_dim: int = 128, k: int = 8,
@@ -309,6 +311,7 @@ class MHGD(DistillLoss):
     needs_dims: ClassVar[bool] = True
     level: ClassVar[str] = "batch"
     requires_pretraining: ClassVar[bool] = True
+    family = "gnn"
 
     def __init__(
         self, student_dim: Sequence[int], teacher_dim: Sequence[int], *, num_heads: int = 8,

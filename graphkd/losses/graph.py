@@ -237,6 +237,7 @@ class LSP(DistillLoss):
 
     context = ("batch", "edge_index")
     level = "node"
+    family = "graph"
 
     def __init__(
         self, graph: str = "input", k: int = 20, kernel: str = "rbf", *, metric: str = "l2",
@@ -372,6 +373,7 @@ class GSP(DistillLoss):
     """
 
     level = "node"
+    family = "graph"
 
     def __init__(
         self, kernel: str = "cosine", max_samples: int = 8192, *, seed: int | None = None,
@@ -496,6 +498,8 @@ class GKD(DistillLoss):
     """
 
     level = "batch"
+    family = "graph"
+    global_batch = True
 
     def __init__(
         self, k: int | None = None, power: int = 1, weight: float = 1.0, *,
@@ -621,6 +625,8 @@ class GCRD(DistillLoss):
 
     needs_dims = True
     level = "node"
+    family = "graph"
+    global_batch = True
 
     def __init__(
         self, student_dim: int, teacher_dim: int, proj_dim: int = 256, head: str = "mlp", *,

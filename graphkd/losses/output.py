@@ -80,6 +80,7 @@ class KD(DistillLoss):
     """
 
     level = "logits"
+    family = "output"
 
     def __init__(self, tau: float = 4.0, reduction: str = "batchmean") -> None:
         super().__init__()

@@ -142,6 +142,8 @@ class SP(DistillLoss):
     """
 
     level = "batch"
+    family = "relation"
+    global_batch = True
 
     def __init__(self, p: float = 2.0) -> None:
         super().__init__()
@@ -386,6 +388,8 @@ class RKD(DistillLoss):
     """
 
     level = "batch"
+    family = "relation"
+    global_batch = True
 
     def __init__(self, w_dist: float = 25.0, w_angle: float = 50.0, delta: float = 1.0,
                  chunk_size: int | None = None) -> None:
@@ -438,6 +442,8 @@ class PKT(DistillLoss):
     """
 
     level = "batch"
+    family = "relation"
+    global_batch = True
 
     def __init__(self, eps: float = 1e-7) -> None:
         super().__init__()
@@ -523,6 +529,8 @@ class CC(DistillLoss):
     """
 
     level = "batch"
+    family = "relation"
+    global_batch = True
 
     def __init__(self, gamma: float = 0.4, max_order: int = 2, normalize: bool = False) -> None:
         super().__init__()
@@ -649,6 +657,8 @@ class IRG(DistillLoss):
     """
 
     level = "batch"
+    family = "relation"
+    global_batch = True
 
     def __init__(self, lambda_v: float = 0.1, lambda_e: float = 5.0, lambda_t: float = 5.0,
                  transform_pairs: Sequence[tuple[int, int]] | None = None) -> None:
