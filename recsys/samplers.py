@@ -37,7 +37,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-from recsys.softlabels import HistoryLike, TopK, _chunk_history, _extract, as_history
+from recsys.softlabels import HistoryLike, TopK, as_history, history_entries, teacher_topk
 
 __all__ = [
     "gumbel_topk",
@@ -195,7 +195,7 @@ def _forbidden_keys(users: Tensor, num_items: int, history: HistoryLike | None,
                 f"`users` has ids up to {int(users.max())} but the history has only "
                 f"{hist.num_rows} rows."
             )
-        r, c = _chunk_history(hist.ptr.to(dev), hist.col.to(dev), users)
+        r, c = history_entries(hist, users)
         parts.append(r * num_items + c)
     if exclude_topk is not None:
         if exclude_topk.dim() != 2 or exclude_topk.shape[0] != u:
@@ -435,8 +435,8 @@ def group_topk(
     def masked(u: Tensor) -> Tensor:
         return score_fn(u).masked_fill(outside, -torch.inf)
 
-    top = _extract(masked, users, num_items, k, exclude=exclude, padding_item=padding_item,
-                   chunk_size=chunk_size, device=dev, strict=False)
+    top = teacher_topk(masked, users, num_items, k, exclude=exclude, padding_item=padding_item,
+                       chunk_size=chunk_size, device=dev, strict=False)
     return top, torch.isfinite(top.scores).sum(1)
 
 

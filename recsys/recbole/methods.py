@@ -341,6 +341,25 @@ class _SampledListAdapter(_LossAdapter):
     def all_users(self) -> Tensor:
         return torch.arange(self.ctx.n_users, device=self.ctx.device)
 
+    def soft_labels(self, n: int, lists: int = 1) -> tuple[Any, int]:
+        """The resample preamble of the soft-label samplers (RRD, CD, DCD): the teacher's
+        soft labels ``top`` and the per-user sample count ``min(n, top.k // lists)`` (``lists``
+        lists of ``n`` distinct positions are drawn from the top-K)."""
+        top = self.ctx.require_soft_labels()
+        return top, min(n, top.k // lists)
+
+    @staticmethod
+    def at_positions(top: Any, *positions: Tensor, scores: bool = False) -> tuple[Tensor, ...]:
+        """The teacher's items at each ``[n_users, n]`` position table (each followed by the
+        teacher's scores of those items when ``scores``)."""
+        out: list[Tensor] = []
+        for pos in positions:
+            pos = pos.to(top.device)
+            out.append(top.indices.gather(1, pos))
+            if scores:
+                out.append(top.scores.gather(1, pos))
+        return tuple(out)
+
 
 @register("rrd")
 class RRDAdapter(_SampledListAdapter):
@@ -355,11 +374,11 @@ class RRDAdapter(_SampledListAdapter):
         return int(self.loss.m)
 
     def resample(self) -> tuple[Tensor, ...]:
-        top = self.ctx.require_soft_labels()
+        top, k = self.soft_labels(self.loss.k)
         m = top.k
-        pos = rank_aware_sample(self.ctx.n_users, m, min(self.loss.k, m),
-                                temperature=self.loss.temperature, generator=self.generator)
-        interesting = top.indices.gather(1, pos.to(top.device))
+        pos = rank_aware_sample(self.ctx.n_users, m, k, temperature=self.loss.temperature,
+                                generator=self.generator)
+        (interesting,) = self.at_positions(top, pos)
         # items left outside the top-m and the history (padding excluded), for the worst user
         free = self.ctx.n_items - 1 - m - int(self.ctx.history.counts.max())
         if free < 1:
@@ -388,11 +407,10 @@ class CDAdapter(_SampledListAdapter):
         return int(self.loss.sample_num)
 
     def resample(self) -> tuple[Tensor, ...]:
-        top = self.ctx.require_soft_labels()
-        pos = tournament_sample(self.ctx.n_users, top.k, min(self.loss.n_distill, top.k),
-                                temperature=self.loss.temperature,
-                                generator=self.generator).to(top.device)
-        return top.indices.gather(1, pos), top.scores.gather(1, pos)
+        top, n = self.soft_labels(self.loss.n_distill)
+        pos = tournament_sample(self.ctx.n_users, top.k, n, temperature=self.loss.temperature,
+                                generator=self.generator)
+        return self.at_positions(top, pos, scores=True)
 
     def forward(self, interaction: Any) -> Tensor:
         users, (items, teacher) = self.batch_tables(interaction)
@@ -413,15 +431,13 @@ class DCDAdapter(_SampledListAdapter):
         return int(self.loss.m)
 
     def resample(self) -> tuple[Tensor, ...]:
-        top = self.ctx.require_soft_labels()
+        top, k = self.soft_labels(self.loss.k, lists=2)
         ranks = student_ranks(self.ctx.student_full_scores, self.all_users, top.indices,
                               self.ctx.n_items,
                               chunk_size=int(self.ctx.config["softlabel_chunk_size"] or 1024))
-        under, over = discrepancy_sample(ranks, min(self.loss.k, top.k // 2),
-                                         temperature=self.loss.temperature,
+        under, over = discrepancy_sample(ranks, k, temperature=self.loss.temperature,
                                          generator=self.generator)
-        return (top.indices.gather(1, under.to(top.device)),
-                top.indices.gather(1, over.to(top.device)))
+        return self.at_positions(top, under, over)
 
     def forward(self, interaction: Any) -> Tensor:
         users, (under, over) = self.batch_tables(interaction)

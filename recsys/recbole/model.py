@@ -145,6 +145,7 @@ class DistillRecommender(GeneralRecommender):
 
     def _soft_labels(self, cache_dir: str | None) -> Any:
         from recsys.softlabels import (
+            ExtractionSettings,
             cached_teacher_topk,
             score_fn_key,
             shared_teacher_topk,
@@ -160,30 +161,29 @@ class DistillRecommender(GeneralRecommender):
         if k < 1:
             raise ValueError("no unobserved items left for some user: the dataset is too small "
                              "for ranking distillation")
-        history = hist if self.distill.mask_history else None
         cfg = self.ctx.config
         cache = cache_dir or cfg["softlabel_cache_dir"]
-        chunk = int(cfg["softlabel_chunk_size"] or 1024)
         users = torch.arange(self.n_users, device=self.device)
         score_fn = self.ctx.teacher_full_scores
         # the scores are the teacher class's full_sort_predict through DistillContext.full_scores:
         # key the cache on both classes' code (the weights are keyed separately)
         score_key = "recbole-full-sort|" + score_fn_key(
             (score_fn, type(self.ctx).full_scores, type(self.teacher)))
+        settings = ExtractionSettings(
+            k=k, exclude=hist if self.distill.mask_history else None,
+            chunk_size=int(cfg["softlabel_chunk_size"] or 1024), device=self.device,
+            score_key=score_key)
         shared = not cfg["single_spec"] or bool(cfg["softlabel_mmap"])
         with torch.no_grad():
             if shared:  # computed once over the ranks, mapped zero-copy by each
                 directory = cache or str(Path(cfg["checkpoint_dir"]) / "softlabels")
                 top = shared_teacher_topk(directory, self.teacher, score_fn, users,
-                                          self.n_items, k, exclude=history, chunk_size=chunk,
-                                          device=self.device, score_key=score_key)
+                                          self.n_items, settings=settings)
                 return top.to(self.device)  # no copy on CPU: the maps stay zero-copy
             if cache:
-                return cached_teacher_topk(cache, self.teacher, score_fn, users, self.n_items, k,
-                                           exclude=history, chunk_size=chunk, device=self.device,
-                                           score_key=score_key)
-            return teacher_topk(score_fn, users, self.n_items, k, exclude=history,
-                                chunk_size=chunk, device=self.device)
+                return cached_teacher_topk(cache, self.teacher, score_fn, users, self.n_items,
+                                           settings=settings)
+            return teacher_topk(score_fn, users, self.n_items, settings=settings)
 
     def on_epoch_start(self, epoch: int) -> None:
         """Per-epoch resampling / schedules of the method (called by the trainer)."""
