@@ -68,6 +68,7 @@ from recsys.losses.cd import CD, cd_loss, cd_soft_labels
 from recsys.losses.de import (
     DE,
     DistillationExperts,
+    ExpertPair,
     anneal_temperature,
     de_loss,
     experts_forward,
@@ -102,7 +103,7 @@ __all__ = [
     "rd_discrepancy_weights", "estimate_student_rank",
     "CD", "cd_loss", "cd_soft_labels",
     "RRD", "rrd_loss", "plackett_luce_denominators", "DCD", "dcd_loss",
-    "DE", "DistillationExperts", "de_loss", "experts_forward", "gumbel_selection",
+    "DE", "DistillationExperts", "ExpertPair", "de_loss", "experts_forward", "gumbel_selection",
     "gumbel_noise", "anneal_temperature",
     "FTD", "HTD", "ftd_loss", "htd_loss", "group_relation_graph", "group_prototypes",
     "UnKD", "unkd_loss",

@@ -13,7 +13,14 @@ from typing import Any, ClassVar
 import torch
 from torch import Tensor, nn
 
-from graphkd._checks import check_finite, check_loss_output, checked_call
+from graphkd._checks import (
+    check_features,
+    check_finite,
+    check_loss_output,
+    check_nonempty,
+    check_same_rows,
+    checked_call,
+)
 from graphkd.graphs import EdgeSet
 from graphkd.registry import Registry
 
@@ -21,10 +28,12 @@ __all__ = [
     "RankingLoss",
     "RANKING_LOSSES",
     "register",
+    "resolve",
     "get_ranking_loss",
     "ranking_loss_names",
     "list_graph",
     "check_lists",
+    "check_embeddings",
     "check_output",
     "reduce_rows",
 ]
@@ -39,7 +48,8 @@ ROW_REDUCTIONS = ("sum", "mean", "none")
 class RankingLoss(nn.Module):
     """Base of the ranking-distillation losses.
 
-    ``inputs`` documents what ``forward`` takes (the trainer reads it); :meth:`set_epoch` is
+    ``inputs`` documents what ``forward`` takes (the trainer reads it), ``needs_dims`` says
+    whether the constructor needs the embedding widths; :meth:`set_epoch` is
     called once per epoch by the trainer (no-op unless a method anneals or switches schedules).
 
     Calling a loss goes through the boundary shared with graphkd's losses
@@ -52,6 +62,9 @@ class RankingLoss(nn.Module):
 
     name: ClassVar[str] = ""
     inputs: ClassVar[str] = ""
+    #: the constructor takes ``student_dim`` and ``teacher_dim`` (trainable experts/adapters;
+    #: the same flag as graphkd's ``DistillLoss.needs_dims``)
+    needs_dims: ClassVar[bool] = False
 
     def __call__(self, *args: Any, **kwargs: Any) -> Any:
         return checked_call(self.name or type(self).__name__, super().__call__, args, kwargs,
@@ -65,18 +78,34 @@ register = RANKING_LOSSES.register
 ranking_loss_names = RANKING_LOSSES.names
 
 
-def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:
-    """Resolve a ranking loss from a (case-insensitive) name plus hyperparameters, or pass an
-    instance through.
+def resolve(registry: Registry[type[nn.Module]], method: str | nn.Module, /,
+            **kwargs: Any) -> nn.Module:
+    """``registry.get(method)(**kwargs)`` for a name, ``method`` itself for an instance.
+
+    The one "name or instance" resolution of the recsys side (ranking losses here; the same
+    rule as :func:`graphkd.losses.get_loss`, which adds its ``needs_dims`` widths on top).
+    Names are matched by :meth:`graphkd.registry.Registry.get` (case-insensitive, ``-``/``_``
+    ignored).
 
     Raises:
-        ValueError: unknown name (the message lists the valid ones).
+        ValueError: unknown name (the message lists the valid ones), or hyperparameters given
+            with an instance.
     """
     if isinstance(method, nn.Module):
         if kwargs:
             raise ValueError("hyperparameters go to the constructor when passing an instance.")
         return method
-    return RANKING_LOSSES.get(method)(**kwargs)
+    return registry.get(method)(**kwargs)
+
+
+def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:
+    """Resolve a ranking loss from a (case-insensitive) name plus hyperparameters, or pass an
+    instance through (:func:`resolve` over :data:`RANKING_LOSSES`).
+
+    Raises:
+        ValueError: unknown name (the message lists the valid ones).
+    """
+    return resolve(RANKING_LOSSES, method, **kwargs)
 
 
 def list_graph(num_rows: int, k: int, device: torch.device | str) -> EdgeSet:
@@ -116,6 +145,17 @@ def check_lists(x: Tensor, name: str, *, rows: int | None = None, finite: bool =
             f"`{name}` has {x.shape[0]} rows but {rows} were expected: every score matrix of "
             "one call must list the same users in the same order."
         )
+
+
+def check_embeddings(s: Tensor, t: Tensor, method: str,
+                     names: tuple[str, str] = ("s", "t")) -> None:
+    """The input checks of the embedding-level losses (DE, FTD, HTD, hint): a non-empty batch,
+    two finite floating ``[N, d]`` matrices (``names``) describing the same ``N`` entities.
+    """
+    check_nonempty(method, s, t)
+    check_features(s, names[0])
+    check_features(t, names[1])
+    check_same_rows(s, t, *names)
 
 
 def check_output(out: Tensor, *, method: str = "loss", **inputs: Tensor) -> None:

@@ -13,9 +13,16 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
+from graphkd._checks import check_nonempty, full_precision
 from graphkd.divergences import edge_mse, row_kl
-from recsys.losses._base import RankingLoss, check_lists, list_graph, reduce_rows, register
+from recsys.losses._base import (
+    RankingLoss,
+    check_embeddings,
+    check_lists,
+    list_graph,
+    reduce_rows,
+    register,
+)
 
 __all__ = ["score_kd_loss", "listwise_kd_loss", "hint_loss", "ScoreKD", "ListwiseKD",
            "EmbeddingHint"]
@@ -59,10 +66,7 @@ def listwise_kd_loss(student_scores: Tensor, teacher_scores: Tensor, *, tau: flo
 @full_precision
 def hint_loss(s_projected: Tensor, t: Tensor, *, reduction: str = "sum") -> Tensor:
     """FitNet hint :math:`\\sum_b \\|s'_b - t_b\\|^2` on already projected student embeddings."""
-    check_nonempty("hint", s_projected, t)
-    check_features(s_projected, "s_projected")
-    check_features(t, "t")
-    check_same_rows(s_projected, t, "s_projected", "t")
+    check_embeddings(s_projected, t, "hint", ("s_projected", "t"))
     if s_projected.shape != t.shape:
         raise ValueError(
             f"projected student width {s_projected.shape[1]} != teacher width {t.shape[1]}; "
@@ -108,6 +112,7 @@ class EmbeddingHint(RankingLoss):
     """
 
     inputs = "s_users [Bu,d_s], t_users [Bu,d_t], s_items [Bi,d_s], t_items [Bi,d_t]"
+    needs_dims = True
 
     def __init__(self, student_dim: int, teacher_dim: int, bias: bool = False,
                  reduction: str = "sum") -> None:

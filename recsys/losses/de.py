@@ -23,8 +23,8 @@ import math
 import torch
 from torch import Tensor, nn
 
-from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
-from recsys.losses._base import RankingLoss, reduce_rows, register
+from graphkd._checks import full_precision
+from recsys.losses._base import RankingLoss, check_embeddings, reduce_rows, register
 
 __all__ = [
     "anneal_temperature",
@@ -33,6 +33,7 @@ __all__ = [
     "experts_forward",
     "de_loss",
     "DistillationExperts",
+    "ExpertPair",
     "DE",
 ]
 
@@ -104,10 +105,7 @@ def de_loss(s: Tensor, t: Tensor, w1: Tensor, b1: Tensor, w2: Tensor, b2: Tensor
         gumbel: optional ``[B, E]`` Gumbel noise (for reproducibility/tests).
         reduction: over entities: ``"sum"`` (reference), ``"mean"``, ``"none"``.
     """
-    check_nonempty("de", s, t)
-    check_features(s, "s")
-    check_features(t, "t")
-    check_same_rows(s, t, "s", "t")
+    check_embeddings(s, t, "de")
     if w2.shape[-1] != t.shape[1]:
         raise ValueError(f"experts output width {w2.shape[-1]} but teacher width {t.shape[1]}.")
     alpha = gumbel_selection(selection_logits, tau, gumbel=gumbel, generator=generator)
@@ -160,16 +158,14 @@ class DistillationExperts(nn.Module):
                        self.tau, generator=generator, reduction=reduction)
 
 
-@register("de")
-class DE(RankingLoss):
-    """DE for a user-item recommender: user experts and item experts.
-
-    ``forward(s_users, t_users, s_items_pos, t_items_pos, s_items_neg, t_items_neg)`` returns
-    ``L_users + (L_pos + L_neg) / 2`` (pass the unique entities of the batch).
+class ExpertPair(RankingLoss):
+    """Base of the losses with DE's user experts and item experts (:class:`DE`,
+    :class:`~recsys.losses.topology.HTD`): builds both sides (``users`` then ``items``, each a
+    :class:`DistillationExperts`), anneals their temperatures together, and sums their DE terms
+    (:meth:`assignment_loss`). Not registered: a base, no method of its own.
     """
 
-    inputs = ("s_users [Bu,d_s], t_users [Bu,d_t], s_pos [Bp,d_s], t_pos [Bp,d_t], "
-              "s_neg [Bn,d_s], t_neg [Bn,d_t] (unique entities)")
+    needs_dims = True
 
     def __init__(self, student_dim: int, teacher_dim: int, num_experts: int = 30,
                  t_start: float = 1.0, t_end: float = 1e-10, reduction: str = "sum") -> None:
@@ -183,6 +179,25 @@ class DE(RankingLoss):
     def set_epoch(self, epoch: int, num_epochs: int) -> None:
         self.users.set_epoch(epoch, num_epochs)
         self.items.set_epoch(epoch, num_epochs)
+
+    def assignment_loss(self, s_users: Tensor, t_users: Tensor, s_items: Tensor,
+                        t_items: Tensor) -> Tensor:
+        """``L_users + L_items``: each side's DE loss, reduced by ``self.reduction``."""
+        r = self.reduction
+        return self.users(s_users, t_users, reduction=r) + self.items(s_items, t_items,
+                                                                      reduction=r)
+
+
+@register("de")
+class DE(ExpertPair):
+    """DE for a user-item recommender: user experts and item experts.
+
+    ``forward(s_users, t_users, s_items_pos, t_items_pos, s_items_neg, t_items_neg)`` returns
+    ``L_users + (L_pos + L_neg) / 2`` (pass the unique entities of the batch).
+    """
+
+    inputs = ("s_users [Bu,d_s], t_users [Bu,d_t], s_pos [Bp,d_s], t_pos [Bp,d_t], "
+              "s_neg [Bn,d_s], t_neg [Bn,d_t] (unique entities)")
 
     def forward(self, s_users: Tensor, t_users: Tensor, s_pos: Tensor, t_pos: Tensor,
                 s_neg: Tensor, t_neg: Tensor) -> Tensor:

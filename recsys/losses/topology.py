@@ -29,23 +29,16 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
-from graphkd._checks import check_features, check_nonempty, check_same_rows, full_precision
+from graphkd._checks import full_precision
 from graphkd.divergences import edge_mse
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import edge_kernel, pairwise_kernel
-from recsys.losses._base import RankingLoss, register
-from recsys.losses.de import DistillationExperts
+from recsys.losses._base import RankingLoss, check_embeddings, register
+from recsys.losses.de import ExpertPair
 
 __all__ = ["ftd_loss", "group_relation_graph", "group_prototypes", "htd_loss", "FTD", "HTD"]
 
 _EDGE_REDUCTIONS = ("sum", "mean")
-
-
-def _check_pair(s: Tensor, t: Tensor, method: str) -> None:
-    check_nonempty(method, s, t)
-    check_features(s, "s")
-    check_features(t, "t")
-    check_same_rows(s, t, "s", "t")
 
 
 @full_precision
@@ -62,7 +55,7 @@ def ftd_loss(s: Tensor, t: Tensor, *, eps: float = 1e-8, reduction: str = "sum")
         >>> ftd_loss(torch.eye(3), torch.eye(3))
         tensor(0.)
     """
-    _check_pair(s, t, "ftd")
+    check_embeddings(s, t, "ftd")
     if reduction not in _EDGE_REDUCTIONS:
         raise ValueError(f"unknown reduction {reduction!r}; valid: {_EDGE_REDUCTIONS}.")
     edges = EdgeSet.dense(s.shape[0], device=s.device)
@@ -147,7 +140,7 @@ def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = N
         reduction: ``"sum"`` of both terms' squared errors (reference) or ``"mean"`` (the sum
             of each term's mean).
     """
-    _check_pair(s, t, "htd")
+    check_embeddings(s, t, "htd")
     if level not in ("pp", "pe"):
         raise ValueError(f"unknown HTD level {level!r}; valid: 'pp', 'pe'.")
     if reduction not in _EDGE_REDUCTIONS:
@@ -195,7 +188,7 @@ class FTD(RankingLoss):
 
 
 @register("htd")
-class HTD(RankingLoss):
+class HTD(ExpertPair):
     """HTD module: ``alpha * L_TD + (1 - alpha) * L_GA`` with DE-style group assignment.
 
     ``forward(s_users, t_users, s_items, t_items)`` on the batch's unique users and items. User
@@ -208,23 +201,15 @@ class HTD(RankingLoss):
                  alpha: float = 0.5, level: str = "pp", eps: float = 1e-8,
                  positive_mask: bool = False, detach_prototypes: bool = False,
                  t_start: float = 1.0, t_end: float = 1e-10, reduction: str = "sum") -> None:
-        super().__init__()
-        self.users = DistillationExperts(student_dim, teacher_dim, num_experts,
-                                         t_start=t_start, t_end=t_end)
-        self.items = DistillationExperts(student_dim, teacher_dim, num_experts,
-                                         t_start=t_start, t_end=t_end)
+        super().__init__(student_dim, teacher_dim, num_experts, t_start=t_start, t_end=t_end,
+                         reduction=reduction)
         self.num_experts, self.alpha, self.level, self.eps = num_experts, alpha, level, eps
         self.positive_mask, self.detach_prototypes = positive_mask, detach_prototypes
-        self.reduction = reduction
-
-    def set_epoch(self, epoch: int, num_epochs: int) -> None:
-        self.users.set_epoch(epoch, num_epochs)
-        self.items.set_epoch(epoch, num_epochs)
 
     def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor,
                 t_items: Tensor) -> Tensor:
-        r = self.reduction  # both terms reduce alike (the DE term used to always sum)
-        ga = self.users(s_users, t_users, reduction=r) + self.items(s_items, t_items, reduction=r)
+        # both terms reduce alike (the DE term used to always sum)
+        ga = self.assignment_loss(s_users, t_users, s_items, t_items)
         groups = torch.cat([self.users.assign(t_users),
                             self.items.assign(t_items) + self.num_experts])
         td = htd_loss(torch.cat([s_users, s_items]), torch.cat([t_users, t_items]), groups,

@@ -30,10 +30,14 @@ from recsys.recbole.runner import (  # noqa: E402
 from recsys.recbole.trainer import (  # noqa: E402
     DistillTrainer,
     SafeTrainer,
-    load_checkpoint,
+    load_trainer_checkpoint,
     safe_trainer_class,
 )
-from recsys.recbole.zoo import build_model, load_model, save_model_state  # noqa: E402
+from recsys.recbole.zoo import (  # noqa: E402
+    build_recbole_model,
+    load_model,
+    save_model_state,
+)
 
 __all__ = [
     "METHODS",
@@ -45,14 +49,27 @@ __all__ = [
     "DistillTrainer",
     "SafeTrainer",
     "safe_trainer_class",
-    "load_checkpoint",
+    "load_trainer_checkpoint",
     "build_config",
     "prepare_data",
     "train_model",
     "ensure_teacher",
     "run_distillation",
     "load_student",
-    "build_model",
+    "build_recbole_model",
     "load_model",
     "save_model_state",
 ]
+
+#: deprecated name -> the module defining it (an alias that warns when called)
+_DEPRECATED = {"load_checkpoint": "recsys.recbole.trainer", "build_model": "recsys.recbole.zoo"}
+
+
+def __getattr__(name: str) -> object:
+    """The deprecated aliases (``load_checkpoint``, ``build_model``): importable, not in
+    ``__all__``."""
+    if name in _DEPRECATED:
+        import importlib
+
+        return getattr(importlib.import_module(_DEPRECATED[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

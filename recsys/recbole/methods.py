@@ -165,11 +165,13 @@ class _EmbeddingAdapter(_LossAdapter):
 
     extra_defaults: ClassVar[dict[str, Any]] = {"max_entities": None}
 
-    def __init__(self, ctx: DistillContext, params: dict[str, Any], dims: bool) -> None:
-        with torch.no_grad():
+    def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
+        with torch.no_grad():  # also checks, before training, that both models have embeddings
             s_u, _ = entity_embeddings(ctx.student)
             t_u, _ = entity_embeddings(ctx.teacher)
-        kw = {"student_dim": s_u.shape[1], "teacher_dim": t_u.shape[1]} if dims else {}
+        # trainable experts (DE, HTD; ``needs_dims``) are built for the two widths
+        kw = ({"student_dim": s_u.shape[1], "teacher_dim": t_u.shape[1]}
+              if self.loss_cls.needs_dims else {})
         super().__init__(ctx, params, **kw)
         self._teacher_cache: tuple[Tensor, Tensor] | None = None
 
@@ -213,19 +215,13 @@ class DEAdapter(_EmbeddingAdapter):
     """
 
     loss_cls = DE
-    loss_skip = ("student_dim", "teacher_dim")
-
-    def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
-        super().__init__(ctx, params, dims=True)
 
     def forward(self, interaction: Any) -> Tensor:
         users, pos, neg = self.entities(interaction)
         s_u, s_i = entity_embeddings(self.ctx.student)
         t_u, t_i = self.teacher_embeddings()
         if neg is None:
-            r = self.loss.reduction
-            return self.loss.users(s_u[users], t_u[users], reduction=r) + self.loss.items(
-                s_i[pos], t_i[pos], reduction=r)
+            return self.loss.assignment_loss(s_u[users], t_u[users], s_i[pos], t_i[pos])
         return self.loss(s_u[users], t_u[users], s_i[pos], t_i[pos], s_i[neg], t_i[neg])
 
 
@@ -244,9 +240,6 @@ class FTDAdapter(_TopologyAdapter):
 
     loss_cls = FTD
 
-    def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
-        super().__init__(ctx, params, dims=False)
-
 
 @register("htd")
 class HTDAdapter(_TopologyAdapter):
@@ -256,10 +249,6 @@ class HTDAdapter(_TopologyAdapter):
     """
 
     loss_cls = HTD
-    loss_skip = ("student_dim", "teacher_dim")
-
-    def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
-        super().__init__(ctx, params, dims=True)
 
 
 # ============================================================================ list level

@@ -33,7 +33,7 @@ from torch import Tensor, nn
 
 from recsys.recbole.context import DistillContext
 from recsys.recbole.methods import build_method
-from recsys.recbole.zoo import build_model, load_model, model_class
+from recsys.recbole.zoo import build_recbole_model, load_model, model_class
 
 __all__ = ["DistillRecommender", "distill_model_class"]
 
@@ -65,7 +65,8 @@ class DistillRecommender(GeneralRecommender):
             raise ValueError("config['student'] is not set: name the student RecBole model, "
                              "e.g. config_dict={'student': 'BPR', 'student_config': "
                              "{'embedding_size': 20}}")
-        self.student = build_model(student_name, config, dataset, config["student_config"] or {})
+        self.student = build_recbole_model(student_name, config, dataset,
+                                           config["student_config"] or {})
         if teacher is None:
             path = config["teacher_checkpoint"]
             if not path:

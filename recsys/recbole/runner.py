@@ -40,8 +40,8 @@ from torch import nn
 from recsys.recbole.compat import apply_patches, make_config
 from recsys.recbole.methods import METHODS
 from recsys.recbole.model import distill_model_class
-from recsys.recbole.trainer import DistillTrainer, load_checkpoint, safe_trainer_class
-from recsys.recbole.zoo import build_model, model_class, save_model_state
+from recsys.recbole.trainer import DistillTrainer, load_trainer_checkpoint, safe_trainer_class
+from recsys.recbole.zoo import build_recbole_model, model_class, save_model_state
 
 __all__ = [
     "DEFAULTS_YAML",
@@ -229,7 +229,7 @@ def _fit_and_test(config: Any, model: nn.Module, trainer: Any, data: tuple[Any, 
                                    show_progress=config["show_progress"])
     best_epoch = None
     if saved and Path(trainer.saved_model_file).is_file():
-        best_epoch = load_checkpoint(trainer.saved_model_file)["epoch"]
+        best_epoch = load_trainer_checkpoint(trainer.saved_model_file)["epoch"]
     return {
         "best_valid_score": float(best_score),
         "valid_score_bigger": bool(config["valid_metric_bigger"]),
@@ -258,7 +258,7 @@ def train_model(model: str, dataset: str, *, model_config: dict[str, Any] | None
                        config_dict={**(config_dict or {}), **(model_config or {})})
     data = prepare_data(cfg)
     init_seed(cfg["seed"], cfg["reproducibility"])
-    net = build_model(model, cfg, data[0].dataset, model_config or {})
+    net = build_recbole_model(model, cfg, data[0].dataset, model_config or {})
     trainer = safe_trainer_class(model, cfg["MODEL_TYPE"])(cfg, net)
     result = _fit_and_test(cfg, net, trainer, data, saved, verbose)
     return TrainResult(net, cfg, result, data)
@@ -512,13 +512,13 @@ def load_student(checkpoint: str | os.PathLike, config: Any, dataset: Any) -> nn
         config: a RecBole config of the same dataset and data settings.
         dataset: the training dataset (``train_data.dataset``).
     """
-    ck = load_checkpoint(checkpoint)
+    ck = load_trainer_checkpoint(checkpoint)
     if "student" not in ck:
         raise ValueError(f"{checkpoint} is not a distillation checkpoint (no 'student' entry); "
                          "plain RecBole-model checkpoints load with SafeTrainer.load_best")
     state = {k[len("student."):]: v for k, v in ck["state_dict"].items()
              if k.startswith("student.")}
-    model = build_model(ck["student"], config, dataset, dict(ck["student_config"]))
+    model = build_recbole_model(ck["student"], config, dataset, dict(ck["student_config"]))
     model.load_state_dict(state)
     model.load_other_parameter(ck.get("other_parameter"))
     return model

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from recsys.recbole.compat import tensorboard_redirect
 from recsys.recbole.distributed import GlobalEvaluator, broadcast_object, sampler_indices
 
 __all__ = ["CHECKPOINT_FORMAT", "SafeCheckpointMixin", "SafeTrainer", "DistillTrainer",
-           "safe_trainer_class", "load_checkpoint"]
+           "safe_trainer_class", "load_trainer_checkpoint"]
 
 CHECKPOINT_FORMAT = "graphkd.recbole.checkpoint/1"
 
@@ -45,8 +46,11 @@ def _number(x: Any) -> float | int:
     return int(x) if isinstance(x, int) else float(x)
 
 
-def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a checkpoint written by :class:`SafeCheckpointMixin` (``weights_only=True``).
+def load_trainer_checkpoint(path: str | os.PathLike,
+                            map_location: Any = "cpu") -> dict[str, Any]:
+    """Load a RecBole trainer checkpoint written by :class:`SafeCheckpointMixin`
+    (``weights_only=True``). Not :func:`graphkd.train.load_checkpoint`, which reads graphkd's
+    own training checkpoints.
 
     Raises:
         FileNotFoundError: no file.
@@ -65,6 +69,14 @@ def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[
     if not isinstance(ck, dict) or ck.get("format") != CHECKPOINT_FORMAT:
         raise ValueError(f"{path} is not a {CHECKPOINT_FORMAT} checkpoint")
     return ck
+
+
+def load_checkpoint(path: str | os.PathLike, map_location: Any = "cpu") -> dict[str, Any]:
+    """Deprecated alias of :func:`load_trainer_checkpoint`."""
+    warnings.warn("recsys.recbole.trainer.load_checkpoint is deprecated: use "
+                  "load_trainer_checkpoint (graphkd.train.load_checkpoint is another format).",
+                  DeprecationWarning, stacklevel=2)
+    return load_trainer_checkpoint(path, map_location)
 
 
 class SafeCheckpointMixin:
@@ -129,7 +141,7 @@ class SafeCheckpointMixin:
             self.logger.info(f"Saving current: {path}")
 
     def resume_checkpoint(self, resume_file: str | os.PathLike) -> None:
-        ck = load_checkpoint(resume_file, map_location=self.device)
+        ck = load_trainer_checkpoint(resume_file, map_location=self.device)
         self.saved_model_file = str(resume_file)
         self.start_epoch = ck["epoch"] + 1
         self.cur_step = ck["cur_step"]
@@ -141,7 +153,7 @@ class SafeCheckpointMixin:
 
     def load_best(self, model_file: str | os.PathLike | None = None) -> None:
         """Load the saved (best) weights into the model."""
-        ck = load_checkpoint(model_file or self.saved_model_file, map_location=self.device)
+        ck = load_trainer_checkpoint(model_file or self.saved_model_file, map_location=self.device)
         self.model.load_state_dict(ck["state_dict"])
         self.model.load_other_parameter(ck.get("other_parameter"))
 

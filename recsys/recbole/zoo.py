@@ -35,7 +35,7 @@ __all__ = [
     "model_class",
     "model_defaults",
     "model_config",
-    "build_model",
+    "build_recbole_model",
     "dataset_fingerprint",
     "save_model_state",
     "load_model",
@@ -132,8 +132,8 @@ def model_config(config: Any, name: str, overrides: dict[str, Any] | None = None
     return sub
 
 
-def build_model(name: str, config: Any, dataset: Any,
-                overrides: dict[str, Any] | None = None) -> nn.Module:
+def build_recbole_model(name: str, config: Any, dataset: Any,
+                        overrides: dict[str, Any] | None = None) -> nn.Module:
     """Instantiate RecBole model ``name`` on ``dataset`` with its own hyperparameters.
 
     Args:
@@ -148,6 +148,15 @@ def build_model(name: str, config: Any, dataset: Any,
     cls = model_class(name)
     sub = model_config(config, name, overrides)
     return cls(sub, dataset).to(config["device"])
+
+
+def build_model(name: str, config: Any, dataset: Any,
+                overrides: dict[str, Any] | None = None) -> nn.Module:
+    """Deprecated alias of :func:`build_recbole_model`."""
+    warnings.warn("recsys.recbole.zoo.build_model is deprecated: use build_recbole_model "
+                  "(graphkd.models.build_model builds graphkd's own models).",
+                  DeprecationWarning, stacklevel=2)
+    return build_recbole_model(name, config, dataset, overrides)
 
 
 def dataset_fingerprint(dataset: Any) -> dict[str, Any]:
@@ -262,7 +271,7 @@ def load_model(path: str | os.PathLike, config: Any, dataset: Any) -> tuple[nn.M
         raise ValueError(f"the model in {path} was trained with another item id mapping than "
                          f"dataset {here['dataset']!r} (item tokens differ): use the same "
                          "dataset files and filtering config as for the teacher")
-    model = build_model(name, config, dataset, overrides)
+    model = build_recbole_model(name, config, dataset, overrides)
     try:
         model.load_state_dict(state)
     except RuntimeError as exc:

@@ -318,3 +318,22 @@ def test_registry():
         get_ranking_loss("rrdd")
     with pytest.raises(ValueError, match="constructor"):
         get_ranking_loss(m, k=3)
+
+
+def test_resolve_is_the_one_name_or_instance_rule():
+    from graphkd.registry import Registry
+    from recsys.losses._base import RANKING_LOSSES, resolve
+
+    assert type(resolve(RANKING_LOSSES, "R-R-D", k=7)) is RRD
+    other: Registry = Registry("widget")
+
+    @other.register("lin")
+    class Lin(torch.nn.Linear):
+        pass
+
+    lin = resolve(other, "LIN", in_features=2, out_features=3)
+    assert type(lin) is Lin and lin.out_features == 3 and resolve(other, lin) is lin
+    with pytest.raises(ValueError, match="unknown widget 'x'; valid names: \\['lin'\\]"):
+        resolve(other, "x")
+    with pytest.raises(ValueError, match="constructor"):
+        resolve(other, lin, bias=False)

@@ -12,6 +12,7 @@ from recsys.losses import (
     FTD,
     HTD,
     DistillationExperts,
+    ExpertPair,
     anneal_temperature,
     de_loss,
     ftd_loss,
@@ -203,6 +204,29 @@ def test_group_relation_graph_matches_dense_mask():
     assert bool((e.row[1:] >= e.row[:-1]).all())
     with_loops = group_relation_graph(z, loop=True)
     assert with_loops.num_edges == len(ref) + 7
+
+
+def test_de_and_htd_build_the_same_expert_pair():
+    torch.manual_seed(3)
+    de = DE(3, 6, num_experts=2, t_end=1e-4, reduction="mean").double()
+    torch.manual_seed(3)
+    htd = HTD(3, 6, num_experts=2, t_end=1e-4, reduction="mean").double()
+    assert isinstance(de, ExpertPair) and isinstance(htd, ExpertPair)
+    assert DE.needs_dims and HTD.needs_dims and not FTD.needs_dims
+    # same parameters under the same names (checkpoints keep their keys), same initial values
+    assert list(de.state_dict()) == list(htd.state_dict())
+    assert all(torch.equal(a, b) for a, b in zip(de.state_dict().values(),
+                                                 htd.state_dict().values()))
+    de.set_epoch(1, 2)
+    htd.set_epoch(1, 2)
+    assert de.users.tau == de.items.tau == htd.users.tau == htd.items.tau == pytest.approx(1e-2)
+    su, tu, si, ti = (_rand(4, 3, seed=31), _rand(4, 6, seed=32).detach(),
+                      _rand(5, 3, seed=33), _rand(5, 6, seed=34).detach())
+    torch.manual_seed(7)
+    ga = de.assignment_loss(su, tu, si, ti)
+    torch.manual_seed(7)
+    ref = de.users(su, tu, reduction="mean") + de.items(si, ti, reduction="mean")
+    assert torch.equal(ga, ref)
 
 
 def test_htd_module_combination():

@@ -254,7 +254,7 @@ def test_score_key_covers_closures_not_counters(tmp_path):
 # --------------------------------------------------------------------------- other writers
 def test_concurrent_checkpoint_saves_never_collide(tmp_path):
     pytest.importorskip("recbole")
-    from recsys.recbole.trainer import SafeCheckpointMixin, load_checkpoint
+    from recsys.recbole.trainer import SafeCheckpointMixin, load_trainer_checkpoint
 
     net = torch.nn.Linear(64, 64)
     fake = SimpleNamespace(
@@ -277,7 +277,7 @@ def test_concurrent_checkpoint_saves_never_collide(tmp_path):
     for t in threads:
         t.join()
     assert not errors, errors
-    assert load_checkpoint(tmp_path / "ck.pth")["epoch"] in range(4)
+    assert load_trainer_checkpoint(tmp_path / "ck.pth")["epoch"] in range(4)
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]  # no temporary file left
 
 

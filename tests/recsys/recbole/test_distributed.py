@@ -43,13 +43,14 @@ def _evaluate_checkpoint(checkpoint: str, config: dict, tmp: Path, plain: bool =
     """(valid, test) metrics of a distillation checkpoint's student, in this one process."""
     from recsys.recbole import build_config, load_student, prepare_data
     from recsys.recbole.trainer import SafeTrainer
-    from recsys.recbole.zoo import build_model
+    from recsys.recbole.zoo import build_recbole_model
 
     cfg = build_config("BPR", ODD, config_dict={
         **config, "embedding_size": 8, "checkpoint_dir": str(tmp / "eval")})
     train, valid, test = prepare_data(cfg)
     if plain:  # a student trained alone: a plain RecBole-model checkpoint
-        trainer = SafeTrainer(cfg, build_model("BPR", cfg, train.dataset, {"embedding_size": 8}))
+        trainer = SafeTrainer(cfg, build_recbole_model("BPR", cfg, train.dataset,
+                                                       {"embedding_size": 8}))
         trainer.load_best(checkpoint)
     else:
         trainer = SafeTrainer(cfg, load_student(checkpoint, cfg, train.dataset))

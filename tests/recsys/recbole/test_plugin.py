@@ -14,7 +14,7 @@ from recbole.data.interaction import Interaction
 from recsys.recbole import (
     SafeTrainer,
     build_config,
-    build_model,
+    build_recbole_model,
     load_model,
     load_student,
     prepare_data,
@@ -106,6 +106,25 @@ def test_resume_checkpoint_restores_state(trained, base_config, teacher_file, ru
         assert torch.equal(model2.state_dict()[k], v)
 
 
+def test_deprecated_aliases_warn_and_match(trained):
+    import recsys.recbole as plugin
+    from recsys.recbole import load_trainer_checkpoint
+
+    cfg, (train, _, _), _, trainer, _, _ = trained
+    ck = load_trainer_checkpoint(trainer.saved_model_file)
+    with pytest.warns(DeprecationWarning, match="use load_trainer_checkpoint"):
+        old = plugin.load_checkpoint(trainer.saved_model_file)
+    assert old.keys() == ck.keys() and old["epoch"] == ck["epoch"]
+    torch.manual_seed(0)
+    new = build_recbole_model("BPR", cfg, train.dataset, {"embedding_size": 8})
+    torch.manual_seed(0)
+    with pytest.warns(DeprecationWarning, match="use build_recbole_model"):
+        again = plugin.build_model("BPR", cfg, train.dataset, {"embedding_size": 8})
+    assert type(again) is type(new) and all(
+        torch.equal(a, b) for a, b in zip(new.state_dict().values(), again.state_dict().values()))
+    assert "load_checkpoint" not in plugin.__all__ and "build_model" not in plugin.__all__
+
+
 def test_student_swapped_by_name(base_config, teacher_file, run_dir):
     from recbole.model.general_recommender import NeuMF
 
@@ -127,8 +146,8 @@ def test_student_swapped_by_name(base_config, teacher_file, run_dir):
 def test_lightgcn_teacher_trains_and_reloads(base_config, run_dir, tmp_path):
     res = train_model("LightGCN", "tiny", model_config={"embedding_size": 8, "n_layers": 2},
                       config_dict={**base_config, "epochs": 1}, saved=False)
-    init = build_model("LightGCN", res.config, res.data[0].dataset,
-                       {"embedding_size": 8, "n_layers": 2})
+    init = build_recbole_model("LightGCN", res.config, res.data[0].dataset,
+                               {"embedding_size": 8, "n_layers": 2})
     assert not torch.equal(init.user_embedding.weight, res.model.user_embedding.weight) or \
         not torch.equal(init.item_embedding.weight, res.model.item_embedding.weight)
     assert res.result["test_result"]["ndcg@10"] >= 0.0
@@ -235,6 +254,6 @@ def test_teacher_passed_as_object(trained, base_config):
     assert set(again.state_dict()) == set(model.state_dict())
     other_cfg = build_config("BPR", "other", config_dict=base_config)
     other_train, _, _ = prepare_data(other_cfg)
-    wrong = build_model("BPR", other_cfg, other_train.dataset, {"embedding_size": 16})
+    wrong = build_recbole_model("BPR", other_cfg, other_train.dataset, {"embedding_size": 16})
     with pytest.raises(ValueError, match="train the teacher on this dataset"):
         distill_model_class("BPR")(cfg, train.dataset, teacher=wrong)
