@@ -4,7 +4,10 @@ Everything in graphkd that takes a PyG ``Data``/``Batch`` also takes a (batched)
 Only long-stable DGL APIs are used (``g.edges()``, ``g.num_nodes()``, ``g.batch_num_nodes()``,
 ``g.batch_num_edges()``, ``g.ndata``, ``dgl.graph``, ``dgl.batch``), so this works with the DGL
 a user already has. DGL is imported only inside the functions that build DGL graphs; reading a
-DGL graph needs no import at all (duck typing). Install it with ``pip install graphkd[dgl]``.
+DGL graph needs no import at all (duck typing): the readers (``graph_context``,
+``graph_target``, ``is_dgl_graph``, ...) live in :mod:`graphkd.inputs` and are re-exported here.
+Install DGL with ``pip install graphkd[dgl]``. This module sits below the Distiller: it imports
+nothing from :mod:`graphkd.distill`.
 
 Conventions (the same as :class:`~graphkd.graphs.EdgeSet`): an edge ``src -> dst`` of a DGL
 graph is the column ``src`` of row ``dst`` (``dst`` aggregates from ``src``), exactly as the PyG
@@ -22,6 +25,8 @@ function                           from -> to
 :func:`dgl_to_pyg`                 DGLGraph -> PyG ``Batch`` (one ``Data`` per graph)
 :func:`as_edgeset`                 PyG data, DGLGraph or ``edge_index`` -> EdgeSet
 :func:`graph_context`              any of them (or an ``(graph, labels)`` tuple) -> context dict
+:func:`dgl_call`                   Distiller call: DGL model on a DGL or PyG batch
+:func:`pyg_call_any`               Distiller call: PyG-style model on a PyG or DGL batch
 =================================  ============================================================
 
 Cross-framework distillation (a DGL teacher, a PyG student on the same graphs, the setting of
@@ -30,12 +35,12 @@ the LSP paper)::
     distiller = Distiller(
         dgl_teacher, pyg_student,
         matches=[Match("layers.1", "convs.1", "lsp", weight=100.0)],
-        call=pyg_call_any(), teacher_call=dgl_call(), context=graph_context,
-        target=graph_target, task_loss=nn.CrossEntropyLoss(), example=batch)
+        call=pyg_call_any(), teacher_call=dgl_call(),
+        task_loss=nn.CrossEntropyLoss(), example=batch)
 
 where ``batch`` may be a PyG ``Batch``, a batched ``DGLGraph`` or a DGL ``(graph, labels)``
 pair: :func:`dgl_call` converts a PyG batch to DGL (and :func:`pyg_call_any` reads a DGL graph
-as PyG tensors) as needed.
+as PyG tensors) as needed; the Distiller's default ``context`` and ``target`` read both.
 """
 
 from __future__ import annotations
@@ -47,6 +52,16 @@ import torch
 from torch import Tensor, nn
 
 from graphkd.graphs import EdgeSet
+from graphkd.inputs import (  # the readers live in graphkd.inputs; re-exported here
+    dgl_context,
+    graph_context,
+    graph_target,
+    is_dgl_graph,
+    is_pyg_data,
+    node_features,
+    pyg_forward,
+    unwrap,
+)
 
 __all__ = [
     "DGL_EXTRA_HINT",
@@ -85,36 +100,13 @@ def import_dgl() -> Any:
     return dgl
 
 
-# --------------------------------------------------------------------------- type tests
-def is_dgl_graph(obj: Any) -> bool:
-    """Whether ``obj`` looks like a (batched) ``DGLGraph`` (duck-typed, DGL not imported)."""
-    return (not isinstance(obj, (Tensor, tuple, list, dict)) and obj is not None
-            and callable(getattr(obj, "batch_num_nodes", None))
-            and callable(getattr(obj, "edges", None))
-            and callable(getattr(obj, "num_nodes", None)))
-
-
-def is_pyg_data(obj: Any) -> bool:
-    """Whether ``obj`` looks like a PyG ``Data``/``Batch`` (has a tensor ``edge_index``)."""
-    return not is_dgl_graph(obj) and isinstance(getattr(obj, "edge_index", None), Tensor)
-
-
+# --------------------------------------------------------------------------- checks
 def _check_dgl(g: Any) -> None:
     if not is_dgl_graph(g):
         raise TypeError(
             f"expected a DGLGraph (with edges(), num_nodes(), batch_num_nodes()), got "
             f"{type(g).__name__}."
         )
-
-
-def _batch_from_sizes(sizes: Tensor, num_nodes: int) -> Tensor:
-    sizes = sizes.long()
-    if int(sizes.sum()) != num_nodes:
-        raise ValueError(
-            f"batch_num_nodes() sums to {int(sizes.sum())} but the graph has {num_nodes} nodes; "
-            "the graph's batch information is inconsistent (rebuild it with dgl.batch)."
-        )
-    return torch.repeat_interleave(torch.arange(sizes.numel(), device=sizes.device), sizes)
 
 
 # --------------------------------------------------------------------------- DGL -> ours
@@ -136,10 +128,15 @@ def dgl_to_edge_index(g: Any) -> tuple[Tensor, Tensor, int]:
         ([[0, 4], [1, 3]], [0, 0, 0, 1, 1], 5)
     """
     _check_dgl(g)
-    src, dst = g.edges()
     n = int(g.num_nodes())
-    sizes = g.batch_num_nodes().to(src.device)
-    return torch.stack([src, dst]).long(), _batch_from_sizes(sizes, n), n
+    total = int(g.batch_num_nodes().sum())
+    if total != n:
+        raise ValueError(
+            f"batch_num_nodes() sums to {total} but the graph has {n} nodes; the graph's "
+            "batch information is inconsistent (rebuild it with dgl.batch)."
+        )
+    ctx = dgl_context(g)  # the one DGL reader (graphkd.inputs)
+    return ctx["edge_index"], ctx["batch"], n
 
 
 def dgl_to_edgeset(g: Any) -> EdgeSet:
@@ -334,14 +331,6 @@ def dgl_to_pyg(g: Any, *, node_attrs: Sequence[str] | None = None,
 
 
 # --------------------------------------------------------------------------- any input
-def _unwrap(data: Any) -> Any:
-    """The graph of a ``(graph, labels)`` pair (DGL's usual loader output), else ``data``."""
-    if isinstance(data, (tuple, list)) and data and (is_dgl_graph(data[0]) or is_pyg_data(
-            data[0])):
-        return data[0]
-    return data
-
-
 def as_edgeset(data: Any, num_nodes: int | None = None) -> EdgeSet:
     """The input graph of ``data`` as an EdgeSet (rows = destination nodes, ``batch`` set).
 
@@ -350,7 +339,7 @@ def as_edgeset(data: Any, num_nodes: int | None = None) -> EdgeSet:
             an ``edge_index`` ``[2, E]`` tensor.
         num_nodes: ``N`` for a bare ``edge_index``.
     """
-    data = _unwrap(data)
+    data = unwrap(data)
     if is_dgl_graph(data):
         return dgl_to_edgeset(data)
     if isinstance(data, Tensor):
@@ -369,48 +358,7 @@ def as_edgeset(data: Any, num_nodes: int | None = None) -> EdgeSet:
     )
 
 
-def graph_context(data: Any) -> dict[str, Any]:
-    """Graph context (``edge_index``, ``batch``, ``pos``, ``num_nodes``, ``num_graphs``) of any
-    input: PyG, DGL, or a ``(graph, labels)`` pair of either.
-
-    A drop-in ``context=`` for the :class:`~graphkd.distill.Distiller` that also understands
-    DGL's ``(graph, labels)`` loader output.
-    """
-    from graphkd.distill import dgl_context
-    from graphkd.distill import graph_context as pyg_context
-
-    data = _unwrap(data)
-    if is_dgl_graph(data):
-        return dgl_context(data)
-    return pyg_context(data)
-
-
-def graph_target(data: Any) -> Tensor:
-    """Labels of a batch: ``labels`` of a ``(graph, labels)`` pair, ``data.y`` for PyG, or
-    ``g.ndata["label"]`` / ``g.ndata["y"]`` for a bare DGL graph (node labels)."""
-    if isinstance(data, (tuple, list)):
-        return data[-1]
-    if is_dgl_graph(data):
-        for key in ("label", "y"):
-            if key in data.ndata:
-                return data.ndata[key]
-        raise ValueError("a bare DGLGraph carries no graph labels: pass (graph, labels) pairs "
-                         "or store node labels in g.ndata['label'].")
-    y = getattr(data, "y", None)
-    if y is None:
-        raise ValueError(f"cannot find the labels of a {type(data).__name__} (no `.y`).")
-    return y
-
-
 # --------------------------------------------------------------------------- calls
-def _node_features(g: Any, keys: Sequence[str]) -> Tensor:
-    for k in keys:
-        if k in g.ndata:
-            return g.ndata[k]
-    raise KeyError(f"the DGL graph has none of the node features {list(keys)} in g.ndata "
-                   f"(it has {list(g.ndata.keys())}); pass feat=<key>.")
-
-
 def dgl_call(feat: str | Sequence[str] = ("feat", "x"), *,
              forward: Callable[[nn.Module, Any, Tensor], Any] | None = None) -> Callable:
     """A Distiller ``call`` running a DGL model as ``model(g, g.ndata[feat])``.
@@ -425,19 +373,21 @@ def dgl_call(feat: str | Sequence[str] = ("feat", "x"), *,
     keys = (feat,) if isinstance(feat, str) else tuple(feat)
 
     def call(model: nn.Module, data: Any) -> Any:
-        g = _unwrap(data)
+        g = unwrap(data)
         if is_pyg_data(g):
             g = pyg_to_dgl(g)
         if not is_dgl_graph(g):
             raise TypeError(f"dgl_call needs a DGLGraph or a PyG batch, got {type(g).__name__}.")
-        x = _node_features(g, keys)
+        x = node_features(g, keys)
         return forward(model, g, x) if forward is not None else model(g, x)
 
     return call
 
 
 def pyg_call_any(feat: str | Sequence[str] = ("feat", "x")) -> Callable:
-    """A Distiller ``call`` running a PyG-style model as ``model(x, edge_index, batch)``.
+    """A Distiller ``call`` running a PyG-style model as ``model(x, edge_index, batch=batch)``
+    (``batch`` by keyword, as PyG's ``GCN``/``GIN``/``GAT`` expect; see
+    :func:`graphkd.inputs.pyg_forward`).
 
     Accepts a PyG ``Data``/``Batch``, or a DGLGraph / ``(graph, labels)`` pair (read with
     :func:`dgl_to_edge_index`; ``x = g.ndata[feat]``), so a PyG student trains on DGL batches.
@@ -445,10 +395,10 @@ def pyg_call_any(feat: str | Sequence[str] = ("feat", "x")) -> Callable:
     keys = (feat,) if isinstance(feat, str) else tuple(feat)
 
     def call(model: nn.Module, data: Any) -> Any:
-        g = _unwrap(data)
+        g = unwrap(data)
         if is_dgl_graph(g):
-            edge_index, batch, _ = dgl_to_edge_index(g)
-            return model(_node_features(g, keys), edge_index, batch)
-        return model(g.x, g.edge_index, getattr(g, "batch", None))
+            ctx = dgl_context(g)
+            return pyg_forward(model, node_features(g, keys), ctx["edge_index"], ctx["batch"])
+        return pyg_forward(model, g.x, g.edge_index, getattr(g, "batch", None))
 
     return call

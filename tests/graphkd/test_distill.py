@@ -10,7 +10,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch_geometric.data import Batch, Data
-from torch_geometric.nn import GCNConv, GINConv, global_mean_pool
+from torch_geometric.nn import (
+    GCNConv,
+    GINConv,
+    global_add_pool,
+    global_max_pool,
+    global_mean_pool,
+)
+from torch_geometric.nn.models import GAT as PygGAT
+from torch_geometric.nn.models import GCN as PygGCN
+from torch_geometric.nn.models import GIN as PygGIN
 
 from graphkd.distill import (
     Distiller,
@@ -235,7 +244,8 @@ def test_loss_names_and_values_match_a_manual_computation():
     teacher, student, d = build(example=data)
     d.eval()
     out, losses = d(data)
-    assert sorted(losses) == ["t_distill_adapter_mse[convs.0]", "t_distill_logit_mse", "task"]
+    assert sorted(losses) == ["t_distill_adapter_mse[convs.0:mean_pool]", "t_distill_logit_mse",
+                              "task"]
     z_s = student(data.x, data.edge_index, data.batch)
     z_t = teacher(data.x, data.edge_index, data.batch)
     assert torch.equal(out, z_s)
@@ -245,7 +255,7 @@ def test_loss_names_and_values_match_a_manual_computation():
     proj = d.match_losses[0].proj
     torch.testing.assert_close(losses["task"], 0.25 * F.cross_entropy(z_s, data.y))
     torch.testing.assert_close(losses["t_distill_logit_mse"], 0.5 * ((z_s - z_t) ** 2).mean())
-    torch.testing.assert_close(losses["t_distill_adapter_mse[convs.0]"],
+    torch.testing.assert_close(losses["t_distill_adapter_mse[convs.0:mean_pool]"],
                                2.0 * F.mse_loss(proj(h_s), h_t))
 
 
@@ -316,8 +326,9 @@ def test_unknown_method_lists_valid_names():
 
 @pytest.mark.filterwarnings("ignore:Using a target size:UserWarning")  # the mismatch under test
 def test_width_mismatch_names_the_match_and_widths():
-    with pytest.raises(ValueError, match=r"t_distill_plain_mse\[convs\.0\].*student width\(s\) "
-                                         r"8, teacher width\(s\) 16.*fails on the first batch"):
+    with pytest.raises(ValueError, match=r"t_distill_plain_mse\[convs\.0:mean_pool\].*student "
+                                         r"width\(s\) 8, teacher width\(s\) 16.*fails on the "
+                                         r"first batch"):
         Distiller(GIN(), GCN(), [Match("convs.1", "convs.0", "t_distill_plain_mse")],
                   call=pyg_call, example=make_batch())
 
@@ -424,8 +435,9 @@ def test_multi_teacher_weights_combine_as_documented():
     assert not any(id(p) in {id(q) for q in [*t1.parameters(), *t2.parameters()]}
                    for p in d.parameters())
     _, losses = d(data)
-    assert sorted(losses) == ["a/t_distill_logit_mse", "a/t_distill_plain_mse[convs.0]",
-                              "t1/t_distill_adapter_mse[convs.1]", "t1/t_distill_logit_mse"]
+    assert sorted(losses) == ["a/t_distill_logit_mse", "a/t_distill_plain_mse[convs.0:mean_pool]",
+                              "t1/t_distill_adapter_mse[convs.1:mean_pool]",
+                              "t1/t_distill_logit_mse"]
     z_s = s(data.x, data.edge_index, data.batch)
     with FeatureHooks(s, ["convs.0", "convs.1"]) as hs, FeatureHooks(t1, ["convs.1"]) as h1, \
             FeatureHooks(t2, ["convs.1"]) as h2:
@@ -438,11 +450,11 @@ def test_multi_teacher_weights_combine_as_documented():
                                0.3 * 0.5 * ((z_s - z1) ** 2).mean())
     torch.testing.assert_close(losses["t1/t_distill_logit_mse"],
                                0.7 * 0.5 * ((z_s - z2) ** 2).mean())
-    torch.testing.assert_close(losses["a/t_distill_plain_mse[convs.0]"], 0.3 * 2.0 * F.mse_loss(
-        pool(fs["convs.0"]), pool(f1["convs.1"])))
+    torch.testing.assert_close(losses["a/t_distill_plain_mse[convs.0:mean_pool]"],
+                               0.3 * 2.0 * F.mse_loss(pool(fs["convs.0"]), pool(f1["convs.1"])))
     proj = d.match_losses[1].proj
-    torch.testing.assert_close(losses["t1/t_distill_adapter_mse[convs.1]"], 0.7 * F.mse_loss(
-        proj(pool(fs["convs.1"])), pool(f2["convs.1"])))
+    torch.testing.assert_close(losses["t1/t_distill_adapter_mse[convs.1:mean_pool]"],
+                               0.7 * F.mse_loss(proj(pool(fs["convs.1"])), pool(f2["convs.1"])))
 
 
 def test_mutual_mode_updates_both_networks():
@@ -529,7 +541,8 @@ def test_registered_methods_get_the_documented_inputs():
                          Match("convs.1", "convs.1", "hkd", params={"k": 3})],
                   logits="kd", call=pyg_call, example=data)
     _, losses = d(data)
-    assert sorted(losses) == ["hkd[convs.1]", "kd", "lsp[convs.0]", "sp[convs.1]"]
+    assert sorted(losses) == ["hkd[convs.1:mean_pool]", "kd", "lsp[convs.0]",
+                              "sp[convs.1:mean_pool]"]
     with FeatureHooks(s, ["convs.0", "convs.1"]) as hs, FeatureHooks(t, ["convs.1"]) as ht:
         z_s = s(data.x, data.edge_index, data.batch)
         z_t = t(data.x, data.edge_index, data.batch)
@@ -537,11 +550,11 @@ def test_registered_methods_get_the_documented_inputs():
     pool = lambda f: global_mean_pool(f, data.batch)  # noqa: E731
     torch.testing.assert_close(losses["lsp[convs.0]"], 10.0 * get_loss("lsp")(
         fs["convs.0"], ft["convs.1"], batch=data.batch, edge_index=data.edge_index))
-    torch.testing.assert_close(losses["sp[convs.1]"],
+    torch.testing.assert_close(losses["sp[convs.1:mean_pool]"],
                                get_loss("sp")(pool(fs["convs.1"]), pool(ft["convs.1"])))
     hkd = d.match_losses[2]
     assert hkd.instance_graph(pool(ft["convs.1"])) is not None  # 4 graphs >= k: graph term on
-    torch.testing.assert_close(losses["hkd[convs.1]"],
+    torch.testing.assert_close(losses["hkd[convs.1:mean_pool]"],
                                hkd(pool(fs["convs.1"]), pool(ft["convs.1"])))
     torch.testing.assert_close(losses["kd"], get_loss("kd")(z_s, z_t))
 
@@ -584,3 +597,174 @@ def test_dgl_models_and_graph_context():
     torch.testing.assert_close(f_s, s.conv(g, data.x))
     torch.testing.assert_close(BatchRecord.calls[0][0], global_mean_pool(f_s, data.batch))
     torch.testing.assert_close(losses["task"], F.cross_entropy(out, data.y))
+
+
+# --------------------------------------------------------------------------- PyG's own models
+def _node_batch(num_graphs: int = 4) -> Batch:
+    data = make_batch(num_graphs)
+    data.y = torch.randint(0, 3, (data.num_nodes,), generator=torch.Generator().manual_seed(1))
+    return data
+
+
+@pytest.mark.parametrize("student_cls", [PygGCN, PygGIN, PygGAT])
+def test_pyg_basic_gnn_models_out_of_the_box(student_cls):
+    """PyG's GCN/GIN/GAT as student and teacher: batch by keyword, node-level outputs."""
+    from graphkd.losses import get_loss
+
+    data = _node_batch()
+    torch.manual_seed(0)
+    teacher = PygGIN(4, 16, num_layers=3, out_channels=3)
+    student = student_cls(4, 8, num_layers=2, out_channels=3)
+    d = Distiller(teacher, student, [Match("convs.2", "convs.1", "lsp"),
+                                     Match("convs.1", "convs.0", "rkd")],
+                  logits="kd", task_loss=nn.CrossEntropyLoss(), example=data)  # default call
+    d.eval()
+    out, losses = d(data)
+    assert sorted(losses) == ["kd", "lsp[convs.1]", "rkd[convs.0:mean_pool]", "task"]
+    torch.testing.assert_close(out, student(data.x, data.edge_index))
+    with FeatureHooks(student, ["convs.0", "convs.1"]) as hs, \
+            FeatureHooks(teacher, ["convs.1", "convs.2"]) as ht:
+        student(data.x, data.edge_index)
+        teacher(data.x, data.edge_index)
+        fs, ft = hs.pop(), ht.pop()
+    pool = lambda f: global_mean_pool(f, data.batch)  # noqa: E731
+    torch.testing.assert_close(losses["lsp[convs.1]"], get_loss("lsp")(
+        fs["convs.1"], ft["convs.2"], batch=data.batch, edge_index=data.edge_index))
+    torch.testing.assert_close(losses["rkd[convs.0:mean_pool]"],
+                               get_loss("rkd")(pool(fs["convs.0"]), pool(ft["convs.1"])))
+    torch.testing.assert_close(losses["task"], F.cross_entropy(out, data.y))
+
+
+# --------------------------------------------------------------------------- pooling by name
+def test_explicit_pooling_of_a_node_layer_for_functionally_pooled_models():
+    """GCN/GIN here pool with the functional global_mean_pool: match 'convs.0:mean_pool'."""
+    data = make_batch(num_graphs=4)
+    torch.manual_seed(0)
+    t, s = GIN(), GCN()
+    d = Distiller(t, s, [Match("convs.1:max_pool", "convs.0:mean_pool", "fitnet"),
+                         Match("convs.1", "convs.0:sum_pool", "t_distill_adapter_mse")],
+                  call=pyg_call, example=data)
+    _, losses = d(data)
+    assert sorted(losses) == ["fitnet[convs.0:mean_pool]",
+                              "t_distill_adapter_mse[convs.0:sum_pool]"]
+    with FeatureHooks(s, ["convs.0"]) as hs, FeatureHooks(t, ["convs.1"]) as ht:
+        s(data.x, data.edge_index, data.batch)
+        t(data.x, data.edge_index, data.batch)
+        fs, ft = hs.pop()["convs.0"], ht.pop()["convs.1"]
+    fitnet, adapter = d.match_losses
+    torch.testing.assert_close(losses["fitnet[convs.0:mean_pool]"],
+                               fitnet(global_mean_pool(fs, data.batch),
+                                      global_max_pool(ft, data.batch)))
+    torch.testing.assert_close(losses["t_distill_adapter_mse[convs.0:sum_pool]"],
+                               adapter(global_add_pool(fs, data.batch),
+                                       global_mean_pool(ft, data.batch)))
+
+
+def test_pooling_errors():
+    with pytest.raises(ValueError, match=r"unknown pooling 'avg_pool'.*mean_pool"):
+        Match("convs.1", "convs.0:avg_pool", "sp")
+    with pytest.raises(ValueError, match=r"node context \('batch', 'edge_index'\).*cannot be "
+                                         r"pooled"):
+        Distiller(GIN(), GCN(), [Match("convs.1", "convs.0:mean_pool", "lsp")])
+    with pytest.raises(ValueError, match=r"student module 'head' gives 5 rows.*'head:mean_pool'"):
+        Distiller(GIN(), GCN(), [Match("convs.1:mean_pool", "head:mean_pool", "fitnet")],
+                  call=pyg_call, example=make_batch())
+
+
+# --------------------------------------------------------------------------- call errors
+def test_wrong_call_is_caught_at_setup_naming_the_helper():
+    data = make_batch()
+    with pytest.raises(TypeError, match=r"running the student on the example batch failed.*"
+                                        r"missing 2 required positional.*call=pyg_call"):
+        Distiller(GIN(), GCN(), [Match("convs.1", "convs.0", "sp")], example=data)
+    with pytest.raises(TypeError, match=r"running the teacher on the example batch.*"
+                                        r"call=pyg_call"):
+        Distiller(GIN(), GCN(), call=pyg_call, teacher_call=default_call, example=data)
+
+
+# --------------------------------------------------------------------------- names in messages
+def test_messages_name_teachers_as_the_user_wrote_them():
+    data = make_batch()
+    with pytest.raises(ValueError, match=r"the teacher has no module at path 'nope'"):
+        Distiller(GIN(), GCN(), [Match("nope", "convs.0", "sp")], call=pyg_call, example=data)
+    with pytest.raises(ValueError, match=r"and teacher logits \(5, 4\) differ"):
+        Distiller(GIN(classes=4), GCN(), logits="kd", call=pyg_call, example=data)
+    with pytest.raises(ValueError, match=r"the teacher\[1\] has no module at path 'nope'"):
+        Distiller([Teacher(GIN(), [Match("convs.1", "convs.0", "sp")]),
+                   Teacher(GIN(), [Match("nope", "convs.1", "sp")])], GCN(), call=pyg_call,
+                  example=data)
+    with pytest.raises(ValueError, match=r"student logits \(5, 3\) and teacher 'big' logits"):
+        Distiller([Teacher(GIN(classes=4), name="big"), Teacher(GIN())], GCN(), logits="kd",
+                  call=pyg_call, example=data)
+
+
+# --------------------------------------------------------------------------- custom methods
+def gram_mse(f_s, f_t):
+    return ((f_s @ f_s.T - f_t @ f_t.T) ** 2).mean()
+
+
+def edge_cos(f_s, f_t, edge_index):
+    src, dst = edge_index
+    c_s = F.cosine_similarity(f_s[src], f_s[dst])
+    c_t = F.cosine_similarity(f_t[src], f_t[dst])
+    return F.mse_loss(c_s, c_t)
+
+
+def test_plain_functions_as_methods():
+    data = make_batch(num_graphs=4)
+    torch.manual_seed(0)
+    t, s = GIN(hidden=8), GCN()
+    d = Distiller(t, s, [Match("convs.1", "convs.0", gram_mse, weight=2.0),       # batch level
+                         Match("convs.1", "convs.1", edge_cos),                   # node level
+                         Match("convs.0", "convs.0", lambda a, b: F.mse_loss(a, b),
+                               level="node"),
+                         Match("head", "head", nn.MSELoss())],                   # any module
+                  call=pyg_call, example=data)
+    _, losses = d(data)
+    assert sorted(losses) == ["custom[convs.0]", "edge_cos[convs.1]",
+                              "gram_mse[convs.0:mean_pool]", "mseloss[head]"]
+    assert [m.level for m in d.match_losses] == ["batch", "node", "node", "batch"]
+    assert d.match_losses[1].context == ("edge_index",)
+    with FeatureHooks(s, ["convs.0", "convs.1", "head"]) as hs, \
+            FeatureHooks(t, ["convs.0", "convs.1", "head"]) as ht:
+        s(data.x, data.edge_index, data.batch)
+        t(data.x, data.edge_index, data.batch)
+        fs, ft = hs.pop(), ht.pop()
+    pool = lambda f: global_mean_pool(f, data.batch)  # noqa: E731
+    torch.testing.assert_close(losses["gram_mse[convs.0:mean_pool]"],
+                               2.0 * gram_mse(pool(fs["convs.0"]), pool(ft["convs.1"])))
+    torch.testing.assert_close(losses["edge_cos[convs.1]"],
+                               edge_cos(fs["convs.1"], ft["convs.1"], data.edge_index))
+    torch.testing.assert_close(losses["custom[convs.0]"], F.mse_loss(fs["convs.0"], ft["convs.0"]))
+    torch.testing.assert_close(losses["mseloss[head]"], F.mse_loss(fs["head"], ft["head"]))
+    with pytest.raises(ValueError, match="Match.level / Match.context describe a function"):
+        Match("a", "b", "sp", level="node")
+
+
+class DeclaresEdgesButIgnoresThem(DistillLoss):
+    level = "node"
+    context = ("edge_index",)
+
+    def forward(self, f_s, f_t):
+        return F.mse_loss(f_s, f_t)
+
+
+class TakesEdgesUndeclared(DistillLoss):
+    level = "node"
+
+    def forward(self, f_s, f_t, edge_index=None):
+        return F.mse_loss(f_s, f_t)
+
+
+def test_context_declaration_is_checked_at_setup():
+    data = make_batch()
+    with pytest.raises(ValueError, match=r"DeclaresEdgesButIgnoresThem\.context declares "
+                                         r"\['edge_index'\] but .*forward does not accept it; "
+                                         r"add edge_index=None"):
+        Distiller(GIN(hidden=8), GCN(), [Match("convs.1", "convs.1",
+                                               DeclaresEdgesButIgnoresThem())],
+                  call=pyg_call, example=data)
+    with pytest.warns(UserWarning, match=r"TakesEdgesUndeclared\.forward takes \['edge_index'\]"
+                                         r".*declare context = \('edge_index',\)"):
+        Distiller(GIN(hidden=8), GCN(), [Match("convs.1", "convs.1", TakesEdgesUndeclared())],
+                  call=pyg_call, example=data)

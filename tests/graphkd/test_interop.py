@@ -405,3 +405,98 @@ def test_fit_and_evaluate_on_dgl_batches(dgl):
     assert ev["num_samples"] == 3
     expected = (student(b.x, b.edge_index, b.batch).argmax(1) == b.y).float().mean()
     torch.testing.assert_close(torch.tensor(ev["accuracy"]), expected, check_dtype=False)
+
+
+# --------------------------------------------------------------------------- layering
+def test_interop_sits_below_distill_and_shares_the_readers_of_inputs():
+    """interop imports nothing from distill (not even lazily); its readers are inputs'."""
+    import ast
+    import inspect
+
+    import graphkd.inputs
+    import graphkd.interop
+
+    tree = ast.parse(inspect.getsource(graphkd.interop))
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)} | {
+        a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
+    assert not any(m and m.startswith(("graphkd.distill", "graphkd.train")) for m in imported)
+    for name in ("graph_context", "graph_target", "is_dgl_graph", "is_pyg_data"):
+        assert getattr(graphkd.interop, name) is getattr(graphkd.inputs, name)
+
+
+# --------------------------------------------------------------------------- PyG's models, DGL's
+class _DGLGIN(nn.Module):
+    """A DGL GIN (dgl.nn.GINConv), graph classifier: the README's teacher."""
+
+    def __init__(self, dgl, d_in: int, hidden: int, classes: int = 2) -> None:
+        super().__init__()
+        from dgl.nn import GINConv
+
+        self.dgl = dgl
+        self.layers = nn.ModuleList([GINConv(nn.Linear(d_in, hidden), "sum"),
+                                     GINConv(nn.Linear(hidden, hidden), "sum")])
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, g, feat):
+        for layer in self.layers:
+            feat = layer(g, feat).relu()
+        with g.local_scope():
+            g.ndata["h"] = feat
+            return self.head(self.dgl.mean_nodes(g, "h"))
+
+
+class _PygGraphGIN(nn.Module):
+    """PyG's own GIN (BasicGNN) + functional global_mean_pool."""
+
+    def __init__(self, d_in: int, hidden: int, classes: int = 2) -> None:
+        super().__init__()
+        from torch_geometric.nn.models import GIN
+
+        self.gnn = GIN(d_in, hidden, num_layers=2)
+        self.head = nn.Linear(hidden, classes)
+
+    def forward(self, x, edge_index, batch):
+        return self.head(global_mean_pool(self.gnn(x, edge_index), batch))
+
+
+@pytest.mark.dgl
+def test_dgl_gin_teacher_pyg_gin_student_on_pyg_and_dgl_batches(dgl):
+    from torch_geometric.nn.models import GIN
+
+    b, g = _pyg_batch(), _dgl_batch(dgl)
+    torch.manual_seed(0)
+    teacher, student = _DGLGIN(dgl, 4, 16), _PygGraphGIN(4, 8)
+    d = Distiller(teacher, student, [Match("layers.1", "gnn.convs.1", "lsp", weight=10.0),
+                                     Match("layers.1", "gnn.convs.1", "rkd")],
+                  logits="kd", task_loss=nn.CrossEntropyLoss(), call=pyg_call_any(),
+                  teacher_call=dgl_call(), example=b)
+    _, l_pyg = d(b)
+    _, l_dgl = d((g, b.y))
+    assert sorted(l_pyg) == ["kd", "lsp[gnn.convs.1]", "rkd[gnn.convs.1:mean_pool]", "task"]
+    for key in l_pyg:
+        torch.testing.assert_close(l_pyg[key], l_dgl[key])
+    h_s = student.gnn.convs[1](student.gnn.convs[0](b.x, b.edge_index).relu(), b.edge_index)
+    with torch.no_grad():
+        h_t = teacher.layers[1](g, teacher.layers[0](g, g.ndata["feat"]).relu())
+    torch.testing.assert_close(l_dgl["lsp[gnn.convs.1]"],
+                               10.0 * lsp_loss(h_s, h_t, as_edgeset(b)))
+    # the README's variant: PyG's GIN as a node-level student, no task loss
+    d2 = Distiller(teacher, GIN(4, 8, num_layers=2, out_channels=2),
+                   [Match("layers.1", "convs.1", "lsp", weight=10.0)],
+                   call=pyg_call_any(), teacher_call=dgl_call(), example=(g, b.y))
+    assert list(d2(b)[1]) == ["lsp[convs.1]"]
+
+
+@pytest.mark.dgl
+def test_wrong_call_on_dgl_batches_names_the_helper(dgl):
+    from graphkd.distill import pyg_call
+
+    g = _dgl_batch(dgl)
+    student = _PygGraphGIN(4, 8)
+    with pytest.raises(AttributeError, match=r"running the student.*DGL graph.*"
+                                             r"call=pyg_call_any\(\)"):
+        Distiller(_DGLGIN(dgl, 4, 16), student, logits="kd", call=pyg_call,
+                  teacher_call=dgl_call(), example=g)
+    with pytest.raises(AttributeError, match=r"running the teacher.*DGL graph.*_DGLGIN\.forward"
+                                             r"\(g, feat\); pass call=dgl_call\(\)"):
+        Distiller(_DGLGIN(dgl, 4, 16), student, logits="kd", call=pyg_call_any(), example=g)
