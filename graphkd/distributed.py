@@ -2,8 +2,10 @@ r"""Multi-process training with ``torch.distributed``: global-batch relation gra
 
 Batch-level relation methods (SP, RKD, PKT, CC, HKD) and G-CRD compare every sample with every
 other one, so with ``W`` processes each holding a local batch of ``B_r`` samples they must build
-their graphs over the *global* batch of ``B = sum_r B_r`` samples, as one process would. This
-module gathers the features across ranks before those methods run:
+their graphs over the *global* batch of ``B = sum_r B_r`` samples, as one process would. Which
+methods those are is read from each method's class attributes (:func:`wants_global_batch`:
+no graph ``context``, and ``level == "batch"`` or ``global_batch``), never from a list of
+names. This module gathers the features across ranks before those methods run:
 
 * teacher features: ``all_gather`` (no gradient, the teacher is frozen);
 * student features: :func:`gather_with_grad`, whose backward sums the gradient of the gathered
@@ -37,6 +39,12 @@ Typical use (the same script runs under ``torchrun --nproc-per-node N`` or
 
 Outside ``torch.distributed`` (not initialised, or one process) every function here is the
 identity, so single-process code needs no branch.
+
+Layering: the process information (:func:`rank`, :func:`world_size`, ...) and the gathers
+(:func:`gather`, :func:`gather_with_grad`) are defined in :mod:`graphkd._collectives` and
+re-exported here; :mod:`graphkd.sync_batchnorm` uses them from there, and this module imports
+``sync_batchnorm`` for :func:`wrap`, so ``distributed -> sync_batchnorm -> _collectives`` has
+no cycle.
 """
 
 from __future__ import annotations
@@ -50,10 +58,19 @@ import torch
 import torch.distributed as dist
 from torch import Tensor, nn
 
+from graphkd._collectives import (
+    gather,
+    gather_with_grad,
+    is_distributed,
+    is_main_process,
+    rank,
+    world_size,
+)
 from graphkd.losses.base import DistillLoss
+from graphkd.sync_batchnorm import convert_sync_batchnorm
 
 __all__ = [
-    "GLOBAL_METHODS",
+    "wants_global_batch",
     "is_distributed",
     "rank",
     "world_size",
@@ -69,96 +86,19 @@ __all__ = [
     "launch",
 ]
 
-#: Methods whose relation graph spans the batch (gathered over ranks by :func:`globalize`).
-#: Every ``level == "batch"`` method is gathered too; these node-level ones relate all nodes.
-GLOBAL_METHODS = frozenset({"sp", "rkd", "pkt", "cc", "hkd", "gcrd", "gkd", "irg"})
 
+def __getattr__(name: str) -> Any:
+    """``GLOBAL_METHODS`` (deprecated): the registered names whose class sets ``global_batch``."""
+    if name == "GLOBAL_METHODS":
+        import warnings
 
-# --------------------------------------------------------------------------- process info
-def is_distributed() -> bool:
-    """Whether a process group is initialised with more than one process."""
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+        from graphkd.losses import LOSSES
 
-
-def rank() -> int:
-    """This process's rank (0 outside ``torch.distributed``)."""
-    return dist.get_rank() if dist.is_available() and dist.is_initialized() else 0
-
-
-def world_size() -> int:
-    """Number of processes (1 outside ``torch.distributed``)."""
-    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
-
-
-def is_main_process() -> bool:
-    """Rank 0 (the process that logs, writes checkpoints and reports)."""
-    return rank() == 0
-
-
-# --------------------------------------------------------------------------- gathers
-def _sizes(n: int, device: torch.device, group: Any) -> list[int]:
-    """Row counts of every rank (one small all_gather; ranks may hold different counts)."""
-    mine = torch.tensor([n], dtype=torch.long, device=device)
-    out = [torch.zeros_like(mine) for _ in range(dist.get_world_size(group))]
-    dist.all_gather(out, mine, group=group)
-    return [int(s) for s in torch.cat(out).tolist()]
-
-
-def _all_gather_rows(x: Tensor, sizes: list[int], group: Any) -> Tensor:
-    """Concatenate every rank's ``x`` along dim 0 (padded to the largest, then trimmed)."""
-    m = max(sizes)
-    if x.shape[0] < m:
-        x = torch.cat([x, x.new_zeros(m - x.shape[0], *x.shape[1:])])
-    parts = [torch.empty_like(x) for _ in sizes]
-    dist.all_gather(parts, x.contiguous(), group=group)
-    return torch.cat([p[:s] for p, s in zip(parts, sizes)])
-
-
-def gather(x: Tensor, *, group: Any = None) -> Tensor:
-    """All ranks' ``x`` ``[B_r, *]`` concatenated in rank order, ``[sum_r B_r, *]``, no gradient.
-
-    The identity (``x`` itself) outside ``torch.distributed`` or with one process.
-    """
-    if not is_distributed():
-        return x
-    x = x.detach()
-    return _all_gather_rows(x, _sizes(x.shape[0], x.device, group), group)
-
-
-class _GatherWithGrad(torch.autograd.Function):
-    @staticmethod
-    def forward(ctx, x: Tensor, group: Any) -> Tensor:
-        sizes = _sizes(x.shape[0], x.device, group)
-        r = dist.get_rank(group)
-        ctx.group, ctx.start, ctx.n = group, sum(sizes[:r]), x.shape[0]
-        return _all_gather_rows(x, sizes, group)
-
-    @staticmethod
-    def backward(ctx, grad: Tensor):
-        grad = grad.contiguous().clone()
-        dist.all_reduce(grad, op=dist.ReduceOp.SUM, group=ctx.group)
-        return grad[ctx.start:ctx.start + ctx.n], None
-
-
-def gather_with_grad(x: Tensor, *, group: Any = None) -> Tensor:
-    r"""All ranks' ``x`` ``[B_r, *]`` concatenated in rank order, differentiable w.r.t. the
-    local part.
-
-    Forward: ``all_gather`` (ranks may hold different ``B_r``). Backward: the gradient of the
-    gathered ``[B, *]`` tensor is summed over ranks (``all_reduce``) and the rows of this rank
-    are returned, so that with DDP's gradient averaging the parameters get exactly the
-    single-process gradient of a loss every rank computes on the gathered batch (see the
-    module docstring). Every rank must call backward (as under DDP).
-
-    The identity outside ``torch.distributed`` or with one process.
-
-    Example:
-        >>> z = gather_with_grad(student_embeddings)     # [B_global, D]
-        >>> loss = sp_loss(z, gather(teacher_embeddings))
-    """
-    if not is_distributed():
-        return x
-    return _GatherWithGrad.apply(x, group)
+        warnings.warn("graphkd.distributed.GLOBAL_METHODS is deprecated: read the method's "
+                      "`global_batch` class attribute (or call wants_global_batch(loss)).",
+                      DeprecationWarning, stacklevel=2)
+        return frozenset(n for n, cls in LOSSES.items() if cls.global_batch)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 # --------------------------------------------------------------------------- losses
@@ -195,20 +135,47 @@ class GlobalBatch(DistillLoss):
         >>> loss(f_s, f_t)       # on 1 process: exactly RKD()(f_s, f_t)
     """
 
+    global_batch = True
+
     def __init__(self, loss: nn.Module, *, group: Any = None) -> None:
         super().__init__()
         _check_globalizable(loss)
         self.loss = loss
         self.group = group
-        self.level = getattr(loss, "level", "batch")
+        self.level = _flags(loss).level
+        self.family = _flags(loss).family
 
     def forward(self, f_s: Any, f_t: Any, **context: Any) -> Tensor:
         f_s, f_t = _gather_pair(f_s, f_t, self.group)
         return self.loss(f_s, f_t)
 
 
+def _flags(loss: nn.Module | type[DistillLoss]) -> DistillLoss | type[DistillLoss]:
+    """Where the capability flags of ``loss`` are read: the loss (or loss class) itself, or the
+    :class:`~graphkd.losses.base.DistillLoss` defaults for a plain ``nn.Module`` used as a
+    method (no context, ``level="batch"``, ``global_batch=False``)."""
+    if isinstance(loss, DistillLoss) or (isinstance(loss, type) and issubclass(loss, DistillLoss)):
+        return loss
+    return DistillLoss
+
+
+def wants_global_batch(loss: nn.Module | type[DistillLoss]) -> bool:
+    """Whether the DDP layer gathers ``loss``'s features over ranks (:func:`globalize`).
+
+    ``loss`` is a method instance or class (a plain ``nn.Module`` has the base defaults).
+
+    Read from the method's class attributes, so a newly registered method needs nothing here:
+    a method is gathered when it reads no graph context (``context == ()``: relations inside
+    each input graph never span ranks) and either compares per-sample embeddings
+    (``level == "batch"``) or declares ``global_batch = True`` (a node-level method whose
+    relations span the whole batch, e.g. G-CRD).
+    """
+    flags = _flags(loss)
+    return not flags.context and (flags.level == "batch" or flags.global_batch)
+
+
 def _check_globalizable(loss: nn.Module) -> None:
-    ctx = tuple(getattr(loss, "context", ()))
+    ctx = tuple(_flags(loss).context)
     if ctx:
         raise ValueError(
             f"{type(loss).__name__} reads graph context {ctx}: its relation graphs live inside "
@@ -234,11 +201,9 @@ def make_global(loss: nn.Module, *, group: Any = None) -> Any:
 
 
 def _wants_global(loss: nn.Module, methods: Iterable[str] | None) -> bool:
-    name = getattr(type(loss), "name", "") or ""
     if methods is not None:
-        return name in set(methods)
-    return not getattr(loss, "context", ()) and (
-        getattr(loss, "level", "batch") == "batch" or name in GLOBAL_METHODS)
+        return _flags(loss).name in set(methods)
+    return wants_global_batch(loss)
 
 
 def globalize(distiller: nn.Module, *, methods: Iterable[str] | None = None,
@@ -247,9 +212,9 @@ def globalize(distiller: nn.Module, *, methods: Iterable[str] | None = None,
 
     Args:
         distiller: a :class:`~graphkd.distill.Distiller` after :meth:`~Distiller.setup`.
-        methods: registered names to gather (default: every ``level == "batch"`` method and
-            G-CRD / HKD, i.e. those in :data:`GLOBAL_METHODS` or at batch level, that take no
-            graph context).
+        methods: registered names to gather (default: every method for which
+            :func:`wants_global_batch` holds: no graph context, and ``level == "batch"`` or
+            ``global_batch``, e.g. SP, RKD, PKT, CC, IRG, GKD, HKD, MHGD and node-level G-CRD).
         group: the process group.
 
     Returns:
@@ -281,8 +246,6 @@ def wrap(distiller: nn.Module, *, methods: Iterable[str] | None = None, group: A
     if not is_distributed():
         return distiller
     if sync_batchnorm:
-        from graphkd.sync_batchnorm import convert_sync_batchnorm
-
         distiller.student = convert_sync_batchnorm(distiller.student, process_group=group)
     globalize(distiller, methods=methods, group=group)
     first = next(distiller.parameters(), None)

@@ -9,8 +9,9 @@ For an input ``x`` of shape ``[N_r, C, *]`` on rank ``r`` (``*``: any number of 
 possibly none), every channel is reduced over all dims but dim 1: rank ``r`` holds
 ``n_r = N_r * prod(*)`` values per channel with mean ``m_r`` and centred sum of squares
 ``M2_r = sum (x - m_r)^2``. :func:`global_moments` gathers the per-rank ``[2, C]`` statistics
-with gradients (:func:`graphkd.distributed.gather_with_grad`) and combines them exactly (Chan
-et al.)::
+with gradients (:func:`graphkd.distributed.gather_with_grad`, defined in the low-level
+:mod:`graphkd._collectives`, so this module never imports :mod:`graphkd.distributed`) and
+combines them exactly (Chan et al.)::
 
     n    = sum_r n_r
     mean = sum_r n_r * m_r / n
@@ -23,8 +24,10 @@ statistics get ``mean`` and the unbiased ``M2 / (n - 1)`` with ``momentum`` (a c
 average when ``momentum is None``), as ``nn.BatchNorm`` does on the global batch.
 
 Layers that read a BatchNorm's parameters but compute its statistics themselves (DGCNN's
-fused :class:`~graphkd.models.dgcnn.EdgeConv`) check :func:`synchronises` and combine their
-local moments with the same :func:`global_moments`, so they are synchronised as well.
+fused :class:`~graphkd.models.dgcnn.EdgeConv`) hand their local moments to
+:func:`graphkd.models._common.batchnorm_moments`, which calls the layer's
+:meth:`SyncBatchNorm.combine_moments` (the same :func:`global_moments`), so they are
+synchronised as well, while the models never import this module or the DDP layer.
 """
 
 from __future__ import annotations
@@ -37,6 +40,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
+from graphkd._collectives import gather_with_grad, group_size
+
 __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "global_moments", "synchronises"]
 
 # Hook dictionaries shared by a converted layer (hooks installed on the BatchNorm, e.g. a
@@ -44,12 +49,6 @@ __all__ = ["SyncBatchNorm", "convert_sync_batchnorm", "global_moments", "synchro
 _HOOK_DICTS = ("_forward_pre_hooks", "_forward_pre_hooks_with_kwargs", "_forward_hooks",
                "_forward_hooks_with_kwargs", "_forward_hooks_always_called",
                "_backward_pre_hooks", "_backward_hooks")
-
-
-def _group_size(group: Any) -> int:
-    if not (dist.is_available() and dist.is_initialized()):
-        return 1
-    return dist.get_world_size(group)
 
 
 def global_moments(count: int, mean: Tensor, m2: Tensor,
@@ -69,7 +68,8 @@ def global_moments(count: int, mean: Tensor, m2: Tensor,
     ``M2 / (n - 1)``; the gradient of anything computed from ``mean``/``M2`` flows back to
     every rank's ``m_r``/``M2_r`` (summed over ranks, as DDP expects). It is the one place
     where :class:`SyncBatchNorm` and layers that compute their BatchNorm statistics themselves
-    (DGCNN's :class:`~graphkd.models.dgcnn.EdgeConv`) synchronise. Every process of ``group``
+    (DGCNN's :class:`~graphkd.models.dgcnn.EdgeConv`, through
+    :meth:`SyncBatchNorm.combine_moments`) synchronise. Every process of ``group``
     must call it (and backward) the same number of times. Outside ``torch.distributed`` or with
     one process it returns its arguments unchanged.
 
@@ -87,11 +87,9 @@ def global_moments(count: int, mean: Tensor, m2: Tensor,
         >>> n, mean, m2 = global_moments(x.shape[0], m, (x - m).square().sum(0))
         >>> var = m2 / n                                    # the global batch's biased variance
     """
-    w = _group_size(group)
+    w = group_size(group)
     if w <= 1:
         return count, mean, m2
-    from graphkd.distributed import gather_with_grad
-
     c = mean.shape[0]
     counts = [torch.zeros(1, dtype=torch.long, device=mean.device) for _ in range(w)]
     dist.all_gather(counts, torch.tensor([count], dtype=torch.long, device=mean.device),
@@ -111,14 +109,15 @@ def synchronises(bn: nn.Module, training: bool | None = None) -> bool:
     one process.
 
     Layers that read a BatchNorm's parameters and compute the statistics themselves (DGCNN's
-    ``EdgeConv``, passing its own mode) combine theirs with :func:`global_moments` when this is
-    true. A plain ``nn.BatchNorm`` returns ``False`` at the cost of one ``isinstance``.
+    ``EdgeConv``, passing its own mode) have them combined with :func:`global_moments` when
+    this is true (:meth:`SyncBatchNorm.combine_moments`). A plain ``nn.BatchNorm`` returns
+    ``False`` at the cost of one ``isinstance``.
     """
     if not isinstance(bn, SyncBatchNorm):
         return False
     if not (bn.training if training is None else training):
         return False
-    return _group_size(bn.process_group) > 1
+    return group_size(bn.process_group) > 1
 
 
 class SyncBatchNorm(_BatchNorm):
@@ -180,7 +179,7 @@ class SyncBatchNorm(_BatchNorm):
         track = not self.training or self.track_running_stats
         running_mean = self.running_mean if track else None
         running_var = self.running_var if track else None
-        if not self.training or _group_size(self.process_group) <= 1:
+        if not self.training or group_size(self.process_group) <= 1:
             bn_training = self.training or (running_mean is None and running_var is None)
             return F.batch_norm(input, running_mean, running_var, self.weight, self.bias,
                                 bn_training, factor, self.eps)
@@ -201,7 +200,7 @@ class SyncBatchNorm(_BatchNorm):
         if n <= 1:
             raise ValueError(
                 f"Expected more than 1 value per channel when training, got {n} over the "
-                f"{_group_size(group)} processes (local input size {list(input.shape)}).")
+                f"{group_size(group)} processes (local input size {list(input.shape)}).")
         y = (x - mean.view(shape)) * torch.rsqrt(m2 / n + self.eps).view(shape)
         if self.weight is not None:
             y = y * self.weight.to(y.dtype).view(shape)
@@ -214,6 +213,23 @@ class SyncBatchNorm(_BatchNorm):
                 var = (m2 / (n - 1)).to(running_var.dtype)
                 running_var.mul_(1.0 - factor).add_(var, alpha=factor)
         return y.to(input.dtype)
+
+    def combine_moments(self, count: int, mean: Tensor, var: Tensor,
+                        training: bool | None = None) -> tuple[int, Tensor, Tensor]:
+        """Per-channel moments of the batch this layer normalises over, from local ones.
+
+        The hook of :func:`graphkd.models._common.batchnorm_moments`, for layers that read this
+        BatchNorm's parameters but compute its statistics themselves (DGCNN's fused
+        ``EdgeConv``, passing its own ``training`` mode). When :func:`synchronises` holds, the
+        local ``count`` values per channel with ``mean`` and biased ``var`` (``[C]`` each) are
+        combined over the process group with gradients (:func:`global_moments`) into the global
+        batch's ``(count, mean, biased var)``; otherwise the arguments are returned unchanged
+        (the same objects, so a single process computes exactly as before).
+        """
+        if not synchronises(self, training):
+            return count, mean, var
+        count, mean, m2 = global_moments(count, mean, var * count, self.process_group)
+        return count, mean, m2 / max(count, 1)
 
     @classmethod
     def convert_sync_batchnorm(cls, module: nn.Module, process_group: Any = None) -> nn.Module:

@@ -31,7 +31,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphkd._checks import check_batched, check_index, check_nonempty, full_precision
+from graphkd.losses._scale import rescale_pow2
 from graphkd.losses.base import DistillLoss, register
+from graphkd.losses.heads import build_head
 
 __all__ = [
     "fitnet_loss",
@@ -120,7 +122,7 @@ class FitNet(DistillLoss):
             )
         use = student_dim != teacher_dim if adapter is None else adapter
         self.student_dim, self.teacher_dim = student_dim, teacher_dim
-        self.adapter: nn.Module = nn.Linear(student_dim, teacher_dim) if use else nn.Identity()
+        self.adapter = build_head("linear" if use else "identity", student_dim, teacher_dim)
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
         _check(f_s, "f_s")
@@ -141,6 +143,10 @@ def at_map(
       over its nodes (:math:`\hat a_n = a_n / \max(\|a_{g(n)}\|_2, \epsilon)`, segment sums over
       ``batch``); without ``batch`` all nodes form one graph.
 
+    The map is invariant to the scale of ``f``; features with ``max |f| >= 2**(32 / p)`` are
+    first divided by a power of two (:func:`~graphkd.losses._scale.rescale_pow2`, exact), so
+    that ``f^p`` and its norm cannot overflow (features of ``~1e12`` gave 0 before).
+
     Args:
         f: features.
         p: power (2).
@@ -151,6 +157,7 @@ def at_map(
     Returns:
         ``[B, S]`` for maps, ``[N]`` for node features.
     """
+    f = rescale_pow2(f, above=max(1, int(32 / p)))
     if f.dim() > 2:
         if batch is not None:
             raise ValueError("`batch` groups node features [N, D]; a [B, C, *spatial] map "
@@ -285,10 +292,7 @@ class VID(DistillLoss):
             raise ValueError(f"`init_var` must exceed eps={eps}, got {init_var}.")
         h = teacher_dim if hidden_dim is None else hidden_dim
         self.student_dim, self.eps = student_dim, eps
-        self.regressor = nn.Sequential(
-            nn.Linear(student_dim, h), nn.ReLU(), nn.Linear(h, h), nn.ReLU(),
-            nn.Linear(h, teacher_dim),
-        )
+        self.regressor = build_head("regressor", student_dim, teacher_dim, hidden_dim=h)
         alpha = math.log(math.expm1(init_var - eps))
         self.log_scale = nn.Parameter(torch.full((teacher_dim,), alpha))
 
@@ -358,7 +362,7 @@ class AB(DistillLoss):
         if reduction not in AB_REDUCTIONS:
             raise ValueError(f"unknown reduction {reduction!r}; valid: {AB_REDUCTIONS}.")
         self.student_dim, self.margin, self.reduction = student_dim, margin, reduction
-        self.connector = nn.Linear(student_dim, teacher_dim)
+        self.connector = build_head("linear", student_dim, teacher_dim)
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
         _check(f_s, "f_s")

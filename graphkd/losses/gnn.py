@@ -38,7 +38,9 @@ widths; the reference aligns widths by SVD instead) and matches the attention di
 
     L_2 = Σ_l mean_{h,i} KL( softmax_j(tanh G_S^h)_i ‖ softmax_j(tanh G_T^h)_i )
 
-``reduction="sum"`` sums over heads and rows, as the reference's ``reduce_sum``. The reference's
+``reduction="sum"`` sums over heads and rows, as the reference's ``reduce_sum``. The row
+normalisations ``unit`` first divide huge features by a power of two (exact, so ``v`` of features
+of ``~1e30`` no longer collapses to 0). The reference's
 fully connected layers apply a ReLU by default (TF-slim); ``reference_relu=True`` reproduces it
 in the attention projections, the default follows the paper's formula above.
 """
@@ -53,10 +55,11 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from graphkd._checks import check_nonempty, full_precision
-from graphkd.adapters import NormalizedProjection, build_adapter
 from graphkd.divergences import info_nce
 from graphkd.graphs import EdgeSet
+from graphkd.losses._scale import rescale_pow2
 from graphkd.losses.base import DistillLoss, register
+from graphkd.losses.heads import build_head
 from graphkd.ops import row_sum
 
 __all__ = [
@@ -170,8 +173,8 @@ class HKD(DistillLoss):
             raise ValueError(f"`k` must be >= 1, got {k}.")
         if metric not in ("cosine", "l2"):
             raise ValueError(f"unknown metric {metric!r}; valid: 'cosine', 'l2'.")
-        self.embed_s = NormalizedProjection(student_dim, feat_dim)
-        self.embed_t = NormalizedProjection(teacher_dim, feat_dim)
+        self.embed_s = build_head("normalized", student_dim, feat_dim)
+        self.embed_t = build_head("normalized", teacher_dim, feat_dim)
         self.gnn_s = TAGConv1(feat_dim, feat_dim)
         self.gnn_t = TAGConv1(feat_dim, feat_dim)
         self.k, self.tau, self.metric, self.loop, self.symmetric = k, tau, metric, loop, symmetric
@@ -274,6 +277,12 @@ def mhgd_kl(g_s: Tensor, g_t: Tensor, reduction: str = "mean") -> Tensor:
     return per_row.mean() if reduction == "mean" else per_row.sum()
 
 
+def _unit(x: Tensor) -> Tensor:
+    """Rows scaled to unit L2 norm, any magnitude (exact power-of-two rescale first, so the
+    norm of features of ``~1e30`` does not overflow to ``inf`` and turn the rows into 0)."""
+    return F.normalize(rescale_pow2(x), dim=-1)
+
+
 def _dims(value: int | Sequence[int], name: str) -> tuple[int, ...]:
     if isinstance(value, int) or len(value) < 2:
         raise ValueError(
@@ -312,6 +321,7 @@ class MHGD(DistillLoss):
     level: ClassVar[str] = "batch"
     requires_pretraining: ClassVar[bool] = True
     family = "gnn"
+    global_batch = True  # B x B attention graphs over the batch's samples
 
     def __init__(
         self, student_dim: Sequence[int], teacher_dim: Sequence[int], *, num_heads: int = 8,
@@ -324,7 +334,7 @@ class MHGD(DistillLoss):
         if reduction not in ("mean", "sum"):
             raise ValueError(f"unknown reduction {reduction!r}; valid: 'mean', 'sum'.")
         self.num_heads, self.drop_head, self.reduction = num_heads, drop_head, reduction
-        self.adapters = nn.ModuleList(build_adapter(s, t, "auto") for s, t in zip(ds, dt))
+        self.adapters = nn.ModuleList(build_head("auto", s, t) for s, t in zip(ds, dt))
         self.heads = nn.ModuleList(
             AttentionGraph(dt[i], dt[i - 1], (dt[i] + dt[i - 1]) // 2, num_heads,
                            relu=reference_relu)
@@ -377,7 +387,7 @@ class MHGD(DistillLoss):
     def pretrain_loss(self, f_t: Sequence[Tensor]) -> Tensor:
         """Stage-1 objective on the teacher's layers (trains heads + estimators)."""
         f_t = self._check(f_t, len(self.adapters), "f_t")
-        v = [F.normalize(f.detach(), dim=-1) for f in f_t]
+        v = [_unit(f.detach()) for f in f_t]
         total = v[0].new_zeros(())
         for i, (head, est) in enumerate(zip(self.heads, self.estimators), start=1):
             g = head(v[i], v[i - 1])
@@ -395,9 +405,9 @@ class MHGD(DistillLoss):
             )
         n = len(self.adapters)
         f_s, f_t = self._check(f_s, n, "f_s"), self._check(f_t, n, "f_t")
-        v_s = [F.normalize(a(f), dim=-1) for a, f in zip(self.adapters, f_s)]
+        v_s = [_unit(a(f)) for a, f in zip(self.adapters, f_s)]
         with torch.no_grad():
-            v_t = [F.normalize(f, dim=-1) for f in f_t]
+            v_t = [_unit(f) for f in f_t]
             g_t = [head(v_t[i], v_t[i - 1]) for i, head in enumerate(self.heads, start=1)]
         total = v_s[0].new_zeros(())
         for i, head in enumerate(self.heads, start=1):

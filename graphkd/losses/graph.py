@@ -15,9 +15,15 @@ name       loss                                                                 
 ``gcrd``   InfoNCE of normalised projections, :math:`\tau = 0.075`                      sampled
 =========  ==========================================================================  ==========
 
+LSP (its kernel logits and its three graph builders) lives in :mod:`graphkd.losses.lsp`; its
+names are re-exported here (``graph.lsp_loss``, ``graph.LSP``), so the family keeps one import
+path. G-CRD's projection heads are built by :mod:`graphkd.losses.heads`.
+
 The teacher's features are constants (detached) in every loss; G-CRD's trainable teacher-side
 head still learns (on the detached features). float16 / bfloat16 features are computed in
-float32 (kNN graphs included) and the loss is returned in their dtype.
+float32 (kNN graphs included) and the loss is returned in their dtype. GKD and GSP with a
+scale-invariant kernel stay exact for huge features (power-of-two rescaling,
+:mod:`graphkd.losses._scale`).
 
 Example:
     >>> f_t, f_s = torch.randn(6, 8), torch.randn(6, 4)
@@ -28,23 +34,23 @@ Example:
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
-from graphkd._checks import (
-    check_features,
-    check_nonempty,
-    check_same_rows,
-    check_same_shape,
-    full_precision,
-)
-from graphkd.divergences import edge_mse, info_nce, row_kl
-from graphkd.graphs import EdgeSet
-from graphkd.kernels import KERNELS, edge_kernel, offdiagonal, pairwise_kernel, unit
+from graphkd._checks import check_features, check_nonempty, check_same_shape, full_precision
+from graphkd.divergences import edge_mse, info_nce
+from graphkd.kernels import offdiagonal, pairwise_kernel, unit
+from graphkd.losses._common import check_kernel, check_kernel_params, check_pair
+from graphkd.losses._scale import rescale_pow2
 from graphkd.losses.base import DistillLoss, register
+from graphkd.losses.heads import HEADS, build_head
+from graphkd.losses.lsp import (  # noqa: F401  (re-exported: one import path for the family)
+    LSP,
+    _lsp,
+    lsp_logits,
+    lsp_loss,
+)
 
 __all__ = [
     "lsp_logits",
@@ -62,227 +68,16 @@ __all__ = [
 ]
 
 
-def _check_pair(f_s: Tensor, f_t: Tensor, method: str) -> None:
-    check_nonempty(method, f_s, f_t)
-    check_features(f_s, "f_s")
-    check_features(f_t, "f_t")
-    check_same_rows(f_s, f_t, "f_s", "f_t")
-
-
-def _check_kernel(kernel: str) -> None:
-    if kernel not in KERNELS:
-        raise ValueError(f"unknown kernel {kernel!r}; valid kernels: {sorted(KERNELS)}.")
-
-
-def _check_kernel_params(kernel: str, params: dict, evaluate: Callable[[], object]) -> None:
-    """Fail at construction (not at the first batch) on a misspelt kernel parameter."""
-    try:
-        evaluate()
-    except TypeError as err:
-        raise ValueError(
-            f"invalid parameters {sorted(params)} for kernel {kernel!r} ({err}); see the table "
-            "in graphkd.kernels for each kernel's parameters."
-        ) from None
-
-
-# ====================================================================================== LSP
-# Kernels whose similarity is exp(-distance): the neighbour logit is the log of the kernel, so
-# that softmax(logit) is the kernel normalised over the neighbourhood. Distances themselves
-# ("l1", "l2", "l2sq") are turned into similarities the same way (logit = -distance).
-_LOG_KERNELS: dict[str, Callable[..., Tensor]] = {
-    "rbf": lambda x, e, gamma=0.5, check=True: edge_kernel(x, e, "l2sq", check=check) * (-gamma),
-    "gaussian_l1": lambda x, e, scale=100.0, check=True: (
-        edge_kernel(x, e, "l1", check=check) * (-1.0 / scale)),
-    "l1": lambda x, e, check=True: -edge_kernel(x, e, "l1", check=check),
-    "l2": lambda x, e, eps=1e-12, check=True: -edge_kernel(x, e, "l2", eps=eps, check=check),
-    "l2sq": lambda x, e, check=True: -edge_kernel(x, e, "l2sq", check=check),
-}
-
-
-def lsp_logits(
-    x: Tensor, edges: EdgeSet, kernel: str = "rbf", *, kernel_as_logit: bool = False,
-    check: bool = True, **kernel_params,
-) -> Tensor:
-    r"""Per-edge LSP logits ``[E]`` whose row softmax is the neighbour distribution ``P_v``.
-
-    * ``rbf``: :math:`-\gamma\|h_v - h_u\|^2` (``gamma=0.5``, the paper's
-      :math:`\exp(-\tfrac12\|\cdot\|^2)`); ``gaussian_l1``: :math:`-\|h_v - h_u\|_1 / s`
-      (``scale=100``, the original kernel); ``l1``/``l2``/``l2sq``: minus the distance. The
-      softmax of these logits is the kernel normalised over the neighbourhood.
-    * ``dot``/``cosine``/``poly``: the kernel value itself.
-    * ``kernel_as_logit=True``: the kernel value for every kernel, i.e. the official code's
-      ``edge_softmax(exp(...))`` (a double exponential, close to uniform for ``gaussian_l1``) and,
-      with ``kernel="l2"``, the PyG port's raw distance logit (farther neighbours get *more*
-      weight). Only for reproducing old numbers.
-
-    Args:
-        x: ``[N, D]`` node features of one model.
-        edges: an ``N x N`` EdgeSet (row ``v`` lists ``N(v)``).
-        kernel: a name from :data:`graphkd.kernels.KERNELS`.
-        kernel_as_logit: reproduce the reference implementations (see above).
-        **kernel_params: ``gamma``, ``scale``, ``degree``, ``coef``, ``eps``.
-    """
-    _check_kernel(kernel)
-    log_kernel = None if kernel_as_logit else _LOG_KERNELS.get(kernel)
-    if log_kernel is None:
-        return edge_kernel(x, edges, kernel, check=check, **kernel_params)
-    return log_kernel(x, edges, check=check, **kernel_params)
-
-
-@full_precision
-def lsp_loss(
-    f_s: Tensor, f_t: Tensor, edges: EdgeSet, kernel: str = "rbf", reduction: str = "mean", *,
-    tau: float = 1.0, kernel_as_logit: bool = False, **kernel_params,
-) -> Tensor:
-    r"""Local Structure Preserving loss (Yang et al., CVPR 2020).
-
-    .. math::
-        P^X_v(u) = \frac{\exp(\ell^X_{vu}/\tau)}{\sum_{u' \in N(v)} \exp(\ell^X_{vu'}/\tau)},
-        \qquad L = \operatorname{mean}_{v:\,N(v) \ne \emptyset}
-        \mathrm{KL}(P^T_v \,\|\, P^S_v)
-
-    with :math:`\ell^X_{vu}` the kernel logit between :math:`h_v` and :math:`h_u` computed from
-    each model's *own* features (see :func:`lsp_logits`), so the widths of ``f_s`` and ``f_t``
-    may differ. Nodes without edges contribute nothing.
-
-    Reference quirks (not the default): the official code
-    (ihollywhy/DistillGCN.PyTorch ``local_structure.py``) applies ``edge_softmax`` to values that
-    are already ``exp(...)``; the PyG port (chaitjo/efficient-gnns ``lpw_criterion``) uses the raw
-    L2 distance as the logit. ``kernel_as_logit=True`` reproduces both (the latter with
-    ``kernel="l2"``); the PyG port also averages over edges rather than nodes.
-
-    Args:
-        f_s: ``[N, D_s]`` student node features.
-        f_t: ``[N, D_t]`` teacher node features.
-        edges: ``N x N`` EdgeSet shared by both models.
-        kernel: kernel name (``rbf``, ``gaussian_l1``, ``dot``, ``poly``, ``cosine``, ...).
-        reduction: ``"mean"`` (over non-empty rows), ``"sum"``, ``"graph"`` (needs
-            ``edges.batch``) or ``"none"`` (``[N]``), see :func:`graphkd.divergences.row_kl`.
-        tau: softmax temperature.
-        kernel_as_logit: reference behaviour, see above.
-        **kernel_params: kernel parameters.
-
-    Returns:
-        the loss (scalar unless ``reduction="none"``).
-
-    Example:
-        >>> x = torch.randn(10, 3)
-        >>> e = EdgeSet.knn(x, k=3)
-        >>> lsp_loss(torch.randn(10, 4), torch.randn(10, 8), e).shape
-        torch.Size([])
-    """
-    _check_pair(f_s, f_t, "lsp")
-    return _lsp(f_s, f_t, edges, kernel, reduction, tau, kernel_as_logit, kernel_params)
-
-
-def _lsp(f_s, f_t, edges, kernel, reduction, tau, kernel_as_logit, kernel_params) -> Tensor:
-    """:func:`lsp_loss` without the (already done) input checks (the teacher is detached)."""
-    f_t = f_t.detach()
-    w_s = lsp_logits(f_s, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
-                     **kernel_params)
-    w_t = lsp_logits(f_t, edges, kernel, kernel_as_logit=kernel_as_logit, check=False,
-                     **kernel_params)
-    return row_kl(w_s, w_t, edges, tau=tau, reduction=reduction)
-
-
-def _input_graph(f_s, f_t, batch, edge_index, k, metric) -> EdgeSet:
-    if edge_index is None:
-        raise ValueError(
-            "LSP(graph='input') needs `edge_index` ([2, E]); pass it to forward(), or use "
-            "graph='knn' / graph='union' to build the graph from the features."
-        )
-    return EdgeSet.from_edge_index(edge_index, f_t.shape[0], batch=batch)
-
-
-def _knn_graph(f_s, f_t, batch, edge_index, k, metric) -> EdgeSet:
-    return EdgeSet.knn(f_t.detach(), k, batch=batch, metric=metric)
-
-
-def _union_graph(f_s, f_t, batch, edge_index, k, metric) -> EdgeSet:
-    return EdgeSet.union(
-        EdgeSet.knn(f_t.detach(), k, batch=batch, metric=metric),
-        EdgeSet.knn(f_s.detach(), k, batch=batch, metric=metric),
-    )
-
-
-_LSP_GRAPHS: dict[str, Callable[..., EdgeSet]] = {
-    "input": _input_graph,
-    "knn": _knn_graph,
-    "union": _union_graph,
-}
-
-
-@register("lsp")
-class LSP(DistillLoss):
-    """Local Structure Preserving loss module; see :func:`lsp_loss`.
-
-    Args:
-        graph: ``"input"`` (the input graph, ``edge_index``), ``"knn"`` (the teacher's kNN graph
-            per graph of the batch) or ``"union"`` (teacher kNN union student kNN: the paper's
-            "virtual edges" for point clouds).
-        k: neighbours for ``"knn"`` / ``"union"`` (DGCNN uses 20).
-        kernel: kernel name (default ``"rbf"``).
-        metric: kNN metric, ``"l2"`` or ``"cosine"``.
-        tau: softmax temperature.
-        reduction: see :func:`lsp_loss`.
-        kernel_as_logit: reproduce the reference implementations' logits.
-        **kernel_params: kernel parameters (``gamma``, ``scale``, ...).
-
-    Example:
-        >>> loss = LSP(graph="knn", k=4)
-        >>> pts_t, pts_s = torch.randn(20, 8), torch.randn(20, 4)
-        >>> loss(pts_s, pts_t, batch=torch.arange(2).repeat_interleave(10)).shape
-        torch.Size([])
-    """
-
-    context = ("batch", "edge_index")
-    level = "node"
-    family = "graph"
-
-    def __init__(
-        self, graph: str = "input", k: int = 20, kernel: str = "rbf", *, metric: str = "l2",
-        tau: float = 1.0, reduction: str = "mean", kernel_as_logit: bool = False,
-        **kernel_params,
-    ) -> None:
-        super().__init__()
-        if graph not in _LSP_GRAPHS:
-            raise ValueError(f"unknown LSP graph {graph!r}; valid: {sorted(_LSP_GRAPHS)}.")
-        _check_kernel(kernel)
-        if graph != "input" and k < 1:
-            raise ValueError(f"`k` must be >= 1, got {k}.")
-        _check_kernel_params(kernel, kernel_params, lambda: lsp_logits(
-            torch.ones(2, 1), EdgeSet.dense(2), kernel, kernel_as_logit=kernel_as_logit,
-            **kernel_params))
-        self.graph, self.k, self.kernel, self.metric = graph, k, kernel, metric
-        self.tau, self.reduction, self.kernel_as_logit = tau, reduction, kernel_as_logit
-        self.kernel_params = kernel_params
-
-    def build_graph(
-        self, f_s: Tensor, f_t: Tensor, *, batch: Tensor | None = None,
-        edge_index: Tensor | None = None,
-    ) -> EdgeSet:
-        """The EdgeSet the loss is evaluated on."""
-        return _LSP_GRAPHS[self.graph](f_s, f_t, batch, edge_index, self.k, self.metric)
-
-    def forward(
-        self, f_s: Tensor, f_t: Tensor, *, batch: Tensor | None = None,
-        edge_index: Tensor | None = None,
-    ) -> Tensor:
-        _check_pair(f_s, f_t, "lsp")
-        edges = self.build_graph(f_s, f_t, batch=batch, edge_index=edge_index)
-        return _lsp(f_s, f_t, edges, self.kernel, self.reduction, self.tau,
-                    self.kernel_as_logit, self.kernel_params)
-
-    def extra_repr(self) -> str:
-        return f"graph={self.graph!r}, k={self.k}, kernel={self.kernel!r}, tau={self.tau}"
-
-
 # ====================================================================================== GSP
 # name -> (normalise features first, default parameters), following gpw_criterion.
 _GSP_KERNELS: dict[str, tuple[bool, dict]] = {
     "poly": (True, {"degree": 2, "coef": 0.0}),   # the reference's cos(s_i, s_j) ** 2
     "rbf": (False, {"gamma": 0.5}),
 }
+
+
+#: Kernels invariant to the features' scale: their inputs are rescaled by a power of two.
+_SCALE_FREE_KERNELS = frozenset({"cosine"})
 
 
 def _sample_nodes(
@@ -315,7 +110,9 @@ def gsp_loss(
     when ``N <= max_samples``). Kernels as in the reference ``gpw_criterion``: ``cosine``;
     ``poly`` = :math:`\cos^2` (``degree=2, coef=0`` on L2-normalised features, unlike the core's
     ``poly`` default); ``rbf`` = :math:`\exp(-\tfrac12\|\cdot\|^2)`; ``l2`` = Euclidean distance;
-    any other core kernel is used as is. One ``[m, m]`` matmul per model.
+    any other core kernel is used as is. One ``[m, m]`` matmul per model. With the
+    scale-invariant kernels (``cosine``, ``poly``) features with ``max |x| >= 2**16`` are first
+    divided by a power of two (exact), so their norms cannot overflow (``~1e30`` gave 0).
 
     Args:
         f_s: ``[N, D_s]`` student features (project to a common width first if the kernel needs
@@ -332,9 +129,9 @@ def gsp_loss(
         >>> gsp_loss(torch.randn(16, 4), torch.randn(16, 8), "rbf").shape
         torch.Size([])
     """
-    _check_pair(f_s, f_t, "gsp")
+    check_pair(f_s, f_t, "gsp")
     f_t = f_t.detach()
-    _check_kernel(kernel)
+    check_kernel(kernel)
     normalise, defaults = _GSP_KERNELS.get(kernel, (False, {}))
     params = {**defaults, **kernel_params}
     n = f_s.shape[0]
@@ -343,6 +140,8 @@ def gsp_loss(
     nodes = _sample_nodes(n, max_samples, generator, f_s.device)
     if nodes is not None:
         f_s, f_t = f_s.index_select(0, nodes), f_t.index_select(0, nodes)
+    if normalise or kernel in _SCALE_FREE_KERNELS:  # exact power-of-two rescale: no overflow
+        f_s, f_t = rescale_pow2(f_s), rescale_pow2(f_t)
     if normalise:
         f_s, f_t = unit(f_s, 1e-12), unit(f_t, 1e-12)
     k_s = pairwise_kernel(f_s, kernel=kernel, **params)
@@ -380,10 +179,10 @@ class GSP(DistillLoss):
         loop: bool = True, reduction: str = "mean", **kernel_params,
     ) -> None:
         super().__init__()
-        _check_kernel(kernel)
+        check_kernel(kernel)
         if max_samples < 1:
             raise ValueError(f"`max_samples` must be >= 1, got {max_samples}.")
-        _check_kernel_params(kernel, kernel_params, lambda: gsp_loss(
+        check_kernel_params(kernel, kernel_params, lambda: gsp_loss(
             torch.ones(2, 1), torch.ones(2, 1), kernel, **kernel_params))
         self.kernel, self.max_samples, self.loop = kernel, max_samples, loop
         self.reduction = reduction
@@ -410,11 +209,14 @@ def gkd_adjacency(f: Tensor, *, eps: float = 1e-8) -> Tensor:
     ``rowsum ** -0.5`` is NaN as soon as a row's cosines sum to <= 0, which the absolute value
     (a signed-graph degree) and the clamp avoid.
 
+    Scale-invariant: features with ``max |f| >= 2**16`` are first divided by a power of two
+    (:func:`~graphkd.losses._scale.rescale_pow2`, exact), so the row norms cannot overflow.
+
     Args:
         f: ``[B, ...]`` features (flattened to ``[B, D]`` like the reference).
         eps: lower bound of the degree.
     """
-    x = unit(f.flatten(1), 1e-12)
+    x = unit(rescale_pow2(f.flatten(1)), 1e-12)
     eye = torch.eye(x.shape[0], dtype=torch.bool, device=x.device)
     c = (x @ x.T).masked_fill(eye, 0.0)
     d = c.abs().sum(1).clamp_min(eps).rsqrt()
@@ -463,7 +265,7 @@ def gkd_loss(
     """
     if f_s.dim() > 2 or f_t.dim() > 2:
         f_s, f_t = f_s.flatten(1), f_t.flatten(1)
-    _check_pair(f_s, f_t, "gkd")
+    check_pair(f_s, f_t, "gkd")
     f_t = f_t.detach()
     if reduction not in ("sum", "mean"):
         raise ValueError(f"gkd_loss reduction must be 'sum' or 'mean', got {reduction!r}.")
@@ -523,32 +325,10 @@ class GKD(DistillLoss):
 
 
 # ===================================================================================== G-CRD
-def _linear(i: int, o: int) -> nn.Module:
-    return nn.Linear(i, o)
-
-
-def _linear_bn_relu(i: int, o: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU())
-
-
-def _mlp(i: int, o: int) -> nn.Module:
-    return nn.Sequential(nn.Linear(i, o), nn.BatchNorm1d(o), nn.ReLU(), nn.Linear(o, o))
-
-
-#: Projection heads of G-CRD: ``linear``, ``linear_bn_relu`` (the reference's
-#: ``Linear + BatchNorm1d + ReLU``) and ``mlp`` (``linear_bn_relu`` followed by a ``Linear``).
-HEADS: dict[str, Callable[[int, int], nn.Module]] = {
-    "linear": _linear,
-    "linear_bn_relu": _linear_bn_relu,
-    "mlp": _mlp,
-}
-
-
-def make_head(kind: str, in_dim: int, out_dim: int) -> nn.Module:
-    """Build a projection head ``[N, in_dim] -> [N, out_dim]`` from :data:`HEADS`."""
-    if kind not in HEADS:
-        raise ValueError(f"unknown head {kind!r}; valid heads: {sorted(HEADS)}.")
-    return HEADS[kind](in_dim, out_dim)
+#: G-CRD's projection heads are built by :func:`graphkd.losses.heads.build_head` (kinds
+#: ``"mlp"``, ``"linear_bn_relu"``, ``"linear"``, ...); ``HEADS`` / ``make_head`` are kept here
+#: as aliases of :data:`~graphkd.losses.heads.HEADS` / :func:`~graphkd.losses.heads.build_head`.
+make_head = build_head
 
 
 @full_precision
@@ -611,7 +391,8 @@ class GCRD(DistillLoss):
         student_dim: student feature width.
         teacher_dim: teacher feature width.
         proj_dim: common projection width (reference: 256).
-        head: ``"mlp"`` (default), ``"linear_bn_relu"`` (the reference) or ``"linear"``.
+        head: a :mod:`~graphkd.losses.heads` kind: ``"mlp"`` (default), ``"linear_bn_relu"``
+            (the reference) or ``"linear"``.
         tau: temperature (0.075).
         max_samples: node sample size (8192).
         seed: seed of the module's sampling generator (``None``: global RNG).
@@ -638,14 +419,14 @@ class GCRD(DistillLoss):
             raise ValueError(f"`tau` must be > 0, got {tau}.")
         if max_samples < 1:
             raise ValueError(f"`max_samples` must be >= 1, got {max_samples}.")
-        self.head_s = make_head(head, student_dim, proj_dim)
-        self.head_t = make_head(head, teacher_dim, proj_dim)
+        self.head_s = build_head(head, student_dim, proj_dim)
+        self.head_t = build_head(head, teacher_dim, proj_dim)
         self.student_dim, self.teacher_dim = student_dim, teacher_dim
         self.tau, self.max_samples, self.reduction = tau, max_samples, reduction
         self.generator = _seeded(seed)
 
     def forward(self, f_s: Tensor, f_t: Tensor) -> Tensor:
-        _check_pair(f_s, f_t, "gcrd")
+        check_pair(f_s, f_t, "gcrd")
         if f_s.shape[1] != self.student_dim or f_t.shape[1] != self.teacher_dim:
             raise ValueError(
                 f"GCRD was built for student_dim={self.student_dim}, "

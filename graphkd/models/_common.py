@@ -1,4 +1,10 @@
-"""Shared building blocks: global pooling, MLP heads, OGB-style atom/bond encoders, input checks."""
+"""Shared building blocks: global pooling, MLP heads, OGB-style atom/bond encoders, input checks,
+and the BatchNorm-statistics hook of layers that compute their own (:func:`batchnorm_moments`).
+
+The models import nothing of the distributed layer: a BatchNorm that synchronises across
+processes (:class:`graphkd.sync_batchnorm.SyncBatchNorm`) plugs into :func:`batchnorm_moments`
+through its ``combine_moments`` method.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,8 @@ from torch import Tensor, nn
 
 from graphkd.datasets.features import ATOM_FEATURE_DIMS, BOND_FEATURE_DIMS
 
-__all__ = ["GlobalPool", "AtomEncoder", "BondEncoder", "mlp_head", "num_graphs_of"]
+__all__ = ["GlobalPool", "AtomEncoder", "BondEncoder", "mlp_head", "num_graphs_of",
+           "batchnorm_moments"]
 
 _REDUCE = ("max", "mean", "sum")
 
@@ -21,6 +28,36 @@ def num_graphs_of(batch: Tensor | None, num_graphs: int | None = None) -> int:
     if batch is None:
         return 1
     return int(batch.max()) + 1 if batch.numel() else 0
+
+
+def batchnorm_moments(bn: nn.Module, count: int, mean: Tensor, var: Tensor,
+                      training: bool) -> tuple[int, Tensor, Tensor]:
+    """The per-channel ``(count, mean, biased variance)`` that ``bn`` normalises with, given
+    this process's local ones.
+
+    For layers that read a BatchNorm's parameters but compute its training statistics
+    themselves (DGCNN's fused :class:`~graphkd.models.dgcnn.EdgeConv`). A plain
+    ``nn.BatchNorm`` normalises with the local batch: the arguments come back unchanged (the
+    same objects). A BatchNorm layer that normalises over more than the local batch provides
+    ``combine_moments(count, mean, var, training)`` and is asked instead:
+    :class:`graphkd.sync_batchnorm.SyncBatchNorm` combines the moments over its process group,
+    with gradients. This hook is what keeps the models free of any import of the
+    distributed / synchronisation layers.
+
+    Args:
+        bn: the BatchNorm layer whose parameters the caller applies.
+        count: values per channel in the local batch.
+        mean: ``[C]`` local mean.
+        var: ``[C]`` local biased variance.
+        training: the caller's mode (statistics are combined only in training).
+
+    Returns:
+        ``(count, mean, var)`` of the batch ``bn`` normalises over.
+    """
+    combine = getattr(bn, "combine_moments", None)
+    if combine is None:
+        return count, mean, var
+    return combine(count, mean, var, training)
 
 
 def check_batch(batch: Tensor | None, n: int) -> None:

@@ -24,8 +24,13 @@ import torch
 from torch import Tensor, nn
 
 from graphkd.graphs import EdgeSet
-from graphkd.models._common import GlobalPool, check_batch, check_points, mlp_head
-from graphkd.sync_batchnorm import global_moments, synchronises
+from graphkd.models._common import (
+    GlobalPool,
+    batchnorm_moments,
+    check_batch,
+    check_points,
+    mlp_head,
+)
 
 if TYPE_CHECKING:
     from torch_geometric.data import Data
@@ -115,8 +120,9 @@ class EdgeConv(nn.Module):
     * after :func:`graphkd.sync_batchnorm.convert_sync_batchnorm` (``self.bn`` a graphkd
       ``SyncBatchNorm``), training with more than one process: every rank's edge count
       ``N_r * k``, mean and centred sum of squares are combined exactly, with gradients
-      (:func:`graphkd.sync_batchnorm.global_moments`), so the normalisation, the gradients
-      and the running statistics are those of one process on the global batch.
+      (:func:`graphkd.models._common.batchnorm_moments` asks the layer's
+      ``combine_moments``; this module imports no distributed code), so the normalisation,
+      the gradients and the running statistics are those of one process on the global batch.
 
     The result equals the edge-tensor pipeline (tests check values, gradients and running
     statistics against it) at a fraction of the CPU time.
@@ -162,10 +168,9 @@ class EdgeConv(nn.Module):
         extreme = _extreme_neighbour(b, nbr, sign)             # max_j (gamma>=0) / min_j b_j
         if self.training or bn.running_mean is None:
             mean, var = _edge_moments(a, b, edges)
-            count = n * k
-            if synchronises(bn, self.training):  # graphkd SyncBatchNorm, > 1 process
-                count, mean, m2 = global_moments(count, mean, var * count, bn.process_group)
-                var = m2 / max(count, 1)
+            # the batch's moments: local for nn.BatchNorm, over all processes for a graphkd
+            # SyncBatchNorm (its combine_moments hook), unchanged objects otherwise
+            count, mean, var = batchnorm_moments(bn, n * k, mean, var, self.training)
             if self.training and bn.running_mean is not None:
                 self._update_running_stats(mean.detach(), var.detach(), count)
         else:

@@ -158,7 +158,7 @@ def test_globalize_selects_context_free_relation_methods():
     teacher, student = _mlp(6, 12, 3), _mlp(6, 5, 3)
     d = _distiller(student, teacher, _data())
     handles = gd.globalize(d)
-    assert len(handles) == len(METHODS)  # all six (gcrd is node level, in GLOBAL_METHODS)
+    assert len(handles) == len(METHODS)  # all six (gcrd is node level with global_batch)
     for h in handles:
         h.remove()
     assert len(gd.globalize(d, methods=["sp"])) == 1
@@ -175,3 +175,69 @@ def test_init_distributed_reads_torchrun_env(monkeypatch):
         monkeypatch.delenv(key, raising=False)
     with pytest.raises(RuntimeError, match="torchrun"):
         gd.init_distributed()
+
+
+# --------------------------------------------------------------------------- flags, layering
+def test_global_batch_is_read_from_the_method_class():
+    """Which methods are gathered comes from their class attributes: a newly registered method
+    is gathered (or not) with no list of names to update."""
+    from graphkd.losses import LOSSES, DistillLoss, register
+
+    gathered = {n for n, cls in LOSSES.items() if gd.wants_global_batch(cls)}
+    assert {"sp", "rkd", "pkt", "cc", "irg", "gkd", "hkd", "gcrd", "mhgd"} <= gathered
+    assert not gathered & {"lsp", "at", "kd", "fitnet", "gsp", "vid", "ab"}
+    for n, cls in LOSSES.items():  # the rule, spelled out on the flags
+        want = not cls.context and (cls.level == "batch" or cls.global_batch)
+        assert gd.wants_global_batch(cls) is want, n
+
+    @register("t_dist_node_global")
+    class NodeGlobal(DistillLoss):
+        level = "node"
+        global_batch = True
+
+        def forward(self, f_s, f_t):
+            return (f_s.mean() - f_t.mean()) ** 2
+
+    @register("t_dist_node_local")
+    class NodeLocal(NodeGlobal):
+        global_batch = False
+
+    try:
+        assert gd.wants_global_batch(NodeGlobal()) and not gd.wants_global_batch(NodeLocal())
+        assert gd.wants_global_batch(NodeGlobal) and not gd.wants_global_batch(NodeLocal)
+        assert gd.wants_global_batch(nn.MSELoss())  # a plain module: DistillLoss defaults
+        with pytest.warns(DeprecationWarning, match="global_batch"):
+            names = gd.GLOBAL_METHODS
+        assert "t_dist_node_global" in names and "t_dist_node_local" not in names
+        assert {"sp", "rkd", "pkt", "cc", "hkd", "gcrd", "gkd", "irg"} <= names
+    finally:
+        LOSSES._items.pop("t_dist_node_global")
+        LOSSES._items.pop("t_dist_node_local")
+    assert gd.GlobalBatch(RKD()).global_batch and gd.GlobalBatch(RKD()).family == "relation"
+
+
+def _graphkd_imports(path: Path) -> set[str]:
+    """Every graphkd module ``path`` imports, at module level or inside functions."""
+    import ast
+
+    out = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("graphkd"):
+            out.add(node.module)
+            out.update(f"{node.module}.{a.name}" for a in node.names)
+        elif isinstance(node, ast.Import):
+            out.update(a.name for a in node.names if a.name.startswith("graphkd"))
+    return out
+
+
+def test_no_cycle_between_distributed_and_sync_batchnorm():
+    """distributed -> sync_batchnorm -> _collectives, lazy imports included."""
+    root = Path(gd.__file__).parent
+    sbn = _graphkd_imports(root / "sync_batchnorm.py")
+    assert not any(m.startswith("graphkd.distributed") for m in sbn), sbn
+    assert not _graphkd_imports(root / "_collectives.py")
+    assert "graphkd.sync_batchnorm" in _graphkd_imports(root / "distributed.py")
+    from graphkd import _collectives, sync_batchnorm
+
+    assert gd.gather_with_grad is _collectives.gather_with_grad  # one implementation
+    assert sync_batchnorm.gather_with_grad is _collectives.gather_with_grad

@@ -353,7 +353,8 @@ def _edgeconv_check(out_dir: str) -> None:
         # the EdgeConv synchronisation is what makes the rows equal: without it they differ
         sync.train()
         ref.train()
-        with mock.patch.object(dgcnn, "synchronises", lambda bn, training=None: False):
+        with mock.patch.object(dgcnn, "batchnorm_moments",
+                               lambda bn, count, mean, var, training: (count, mean, var)):
             unsynced = copy.deepcopy(sync)(pos_r, batch_r).detach()
         report[name] = not torch.allclose(unsynced, copy.deepcopy(ref)(pos, batch)[local])
     assert report == {"edgeconv": True, "dgcnn": True}, report
@@ -416,7 +417,7 @@ class _BnNet(nn.Module):
 def _sbn_data(cfg):
     from torch_geometric.data import Data
 
-    from graphkd.experiment import DataBundle
+    from graphkd.pipeline import DataBundle
 
     g = torch.Generator().manual_seed(0)
     graphs = [Data(x=torch.randn(3, 4, generator=g), y=torch.randint(0, 2, (1,), generator=g))
@@ -429,7 +430,7 @@ def test_config_sync_batchnorm_field(tmp_path):
     import yaml
 
     from graphkd.config import ConfigError, ExperimentConfig, from_dict, load_config, to_dict
-    from graphkd.experiment import teacher_path
+    from graphkd.pipeline import teacher_path
 
     cfg = from_dict(ExperimentConfig, SBN_CFG)
     assert cfg.sync_batchnorm is False
@@ -472,41 +473,44 @@ def test_cli_sync_bn_flag_sets_the_config_field(tmp_path, monkeypatch):
 
 
 @pytest.mark.parametrize("sync", [False, True])
-def test_experiment_passes_sync_batchnorm_to_wrap_and_ddp(monkeypatch, sync):
-    """``cfg.sync_batchnorm`` reaches ``gd.wrap`` (Distiller) and converts a lone student."""
-    from graphkd import experiment
-    from graphkd.config import ExperimentConfig, from_dict
-
-    experiment.register_dataset("sbn_tiny", _sbn_data)
-    experiment.register_model("sbn_net", _BnNet)
-    cfg = from_dict(ExperimentConfig, dict(SBN_CFG, sync_batchnorm=sync))
-    data = experiment.load_data(cfg.data)
-    calls: list = []
-
-    def fake_ddp(model, device, **kwargs):
-        calls.append(("ddp", model))
-        return model
-
-    def fake_wrap(module, **kwargs):
-        calls.append(("wrap", kwargs))
-        return module
-
-    monkeypatch.setattr(experiment, "_ddp", fake_ddp)
-    monkeypatch.setattr(gd, "wrap", fake_wrap)
-    cpu = torch.device("cpu")
-    student, module, step, _ = experiment._make_student(cfg, "student", 0, None, data, cpu,
-                                                        distributed=True)
-    assert calls == [("ddp", student)] and module is student
-    assert isinstance(student.body[1], SyncBatchNorm) is sync
+def test_pipeline_passes_sync_batchnorm_to_wrap_and_ddp(monkeypatch, sync):
+    """``cfg.sync_batchnorm`` reaches the training loop, whose DDP runner hands it to
+    ``gd.wrap`` (Distiller) or converts a lone student before DDP."""
     from torch_geometric.data import Batch
 
+    from graphkd import pipeline, train
+    from graphkd.config import ExperimentConfig, from_dict
+    from graphkd.pipeline import runs
+
+    pipeline.register_dataset("sbn_tiny", _sbn_data)
+    pipeline.register_model("sbn_net", _BnNet)
+    cfg = from_dict(ExperimentConfig, dict(SBN_CFG, sync_batchnorm=sync))
+    data = pipeline.load_data(cfg.data)
+    seen: list = []
+
+    def fake_train_on(module, data, train_cfg, **kwargs):
+        seen.append(kwargs["sync_batchnorm"])
+        return {"best_epoch": 0, "best_val": 0.0, "test_at_best": 0.0, "epoch_time_median": 0.0,
+                "val": [], "test": [], "epoch_time": [], "losses": []}
+
+    monkeypatch.setattr(runs, "train_on", fake_train_on)
+    runs.run_method(cfg, "student", 0, None, data)
+    assert seen == [sync]  # the pipeline hands the field to the loop
+
+    calls: list = []
+    monkeypatch.setattr(nn.parallel, "DistributedDataParallel",
+                        lambda model, **kwargs: calls.append(("ddp", model)) or model)
+    monkeypatch.setattr(gd, "wrap", lambda module, **kwargs: calls.append(("wrap", kwargs))
+                        or module)
+    cpu = torch.device("cpu")
+    student, module, step, _ = runs._make_student(cfg, "student", 0, None, data, cpu)
+    assert train._ddp_runner(student, None, cpu, sync_batchnorm=sync) is student
+    assert calls == [("ddp", student)] and module is student
+    assert isinstance(student.body[1], SyncBatchNorm) is sync
     assert set(step(Batch.from_data_list(data.train))) == {"task"}
     calls.clear()
-    teacher = experiment.build_model(cfg.teacher.model, data)
-    student, module, step, _ = experiment._make_student(cfg, "kd", 0, teacher, data, cpu,
-                                                        distributed=True)
+    teacher = pipeline.model_from_config(cfg.teacher.model, data)
+    student, module, step, _ = runs._make_student(cfg, "kd", 0, teacher, data, cpu)
+    assert train._ddp_runner(student, module, cpu, sync_batchnorm=sync) is module
     assert calls == [("wrap", {"find_unused_parameters": False, "sync_batchnorm": sync})]
-    # not distributed: neither DDP nor a conversion
-    calls.clear()
-    student, *_ = experiment._make_student(cfg, "student", 0, None, data, cpu)
-    assert calls == [] and type(student.body[1]) is nn.BatchNorm1d
+    assert type(student.body[1]) is nn.BatchNorm1d  # wrap converts (faked here)

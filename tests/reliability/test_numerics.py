@@ -9,6 +9,8 @@
 * An empty batch raises one ``ValueError`` naming the method and the batch size, for every loss.
 * The teacher side of every loss is a constant: no gradient reaches the teacher's tensors, while
   trainable teacher-side heads (G-CRD, HKD) still learn.
+* Scale-invariant losses (SP, AT, PKT, GKD, GSP, MHGD) give the same value for huge features as
+  for ordinary ones (exact power-of-two rescaling), instead of a silent 0.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import torch
 from graphkd._checks import as_compute_dtype, full_precision, result_dtype
 from graphkd.graphs import EdgeSet
 from graphkd.losses import feature, get_loss, gnn, graph, loss_names, output, relation
+from graphkd.losses._scale import rescale_pow2
 from recsys import losses as rl
 
 LOW = [torch.float16, torch.bfloat16]
@@ -267,6 +270,92 @@ def test_ranking_losses_overflow_is_finite_or_raises(name):
         assert str(err).startswith(f"{name}: ") and "largest |x|" in str(err)
         return
     assert torch.isfinite(out).all()
+
+
+# --------------------------------------------------------------------------- 2b. huge scales
+#: Losses invariant to the features' scale (they normalise rows / maps).
+SCALE_FREE = ["sp", "at", "pkt", "gkd", "gsp", "mhgd"]
+
+
+def _scale_free(name: str):
+    torch.manual_seed(0)
+    loss = _build(name)
+    if name == "mhgd":  # the adapters' bias is the one scale-dependent part: zero it
+        for adapter in loss.adapters:
+            torch.nn.init.zeros_(adapter.bias)
+    return loss
+
+
+def _grads(name, f_s, f_t):
+    s = _map(f_s, lambda v: v.clone().requires_grad_(True))
+    loss = _scale_free(name).to(_leaves(f_s)[0].device)(s, f_t)
+    loss.backward()
+    return loss.detach(), [v.grad for v in _leaves(s)]
+
+
+@pytest.mark.parametrize("name", SCALE_FREE)
+@pytest.mark.parametrize("scale", [1e12, 1e30])
+def test_scale_invariant_losses_do_not_vanish_for_huge_features(name, scale, device):
+    """Old code: SP and AT returned exactly 0 for features of ~1e12, PKT, GKD, GSP and MHGD for
+    ~1e30 (an overflowing row norm turned every relation into 0). Now the loss equals the loss
+    at scale 1 and the gradient is the scale-1 gradient divided by the scale."""
+    f_s, f_t = _inputs(name)
+    g_s, g_t = _inputs(name, scale=scale)
+    to = lambda x: _map(x, lambda v: v.to(device))  # noqa: E731
+    ref, ref_grads = _grads(name, to(f_s), to(f_t))
+    got, got_grads = _grads(name, to(g_s), to(g_t))
+    assert ref > 0
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=0)
+    for a, b in zip(got_grads, ref_grads, strict=True):
+        torch.testing.assert_close(a * scale, b, rtol=1e-3, atol=float(b.abs().max()) * 1e-4)
+
+
+@pytest.mark.parametrize("name", SCALE_FREE)
+def test_scale_invariant_losses_are_exact_under_powers_of_two(name):
+    """Features 2**40 and 2**90 times the same values: bit-identical losses, gradients exactly
+    2**-50 apart (the rescaling is exact)."""
+    f_s, f_t = _inputs(name)
+    lo = _grads(name, _map(f_s, lambda v: v * 2.0**40), _map(f_t, lambda v: v * 2.0**40))
+    hi = _grads(name, _map(f_s, lambda v: v * 2.0**90), _map(f_t, lambda v: v * 2.0**90))
+    assert torch.equal(lo[0], hi[0])
+    for a, b in zip(lo[1], hi[1], strict=True):
+        assert torch.equal(a, b * 2.0**50)
+
+
+@pytest.mark.parametrize("kernel", ["cosine", "poly"])
+@pytest.mark.parametrize("scale", [1e12, 1e30])
+def test_scale_invariant_pure_functions_for_huge_features(kernel, scale):
+    g = torch.Generator().manual_seed(8)
+    f_s, f_t = torch.randn(12, 6, generator=g), torch.rand(12, 9, generator=g)
+    pairs = [
+        (relation.sp_loss, {}), (relation.pkt_loss, {}), (feature.at_loss, {}),
+        (graph.gkd_loss, {"k": 3, "power": 2}), (graph.gsp_loss, {"kernel": kernel}),
+    ]
+    for fn, kw in pairs:
+        ref = fn(f_s, f_t, **kw)
+        torch.testing.assert_close(fn(f_s * scale, f_t * scale, **kw), ref, rtol=1e-5, atol=0)
+    torch.testing.assert_close(relation.sp_similarity(f_s * scale), relation.sp_similarity(f_s),
+                               rtol=1e-5, atol=1e-7)
+    torch.testing.assert_close(graph.gkd_adjacency(f_t * scale), graph.gkd_adjacency(f_t),
+                               rtol=1e-5, atol=1e-7)
+
+
+def test_rescale_pow2_is_exact_and_a_no_op_for_ordinary_features():
+    g = torch.Generator().manual_seed(9)
+    x = torch.randn(6, 5, generator=g, dtype=torch.float64) * 1000
+    for v in (x, x.float(), x.half(), torch.zeros(3, 2), torch.zeros(0, 4)):
+        assert torch.equal(rescale_pow2(v), v)  # max |x| < 2**16: values unchanged
+    for dtype in (torch.float32, torch.float64):
+        big = (x * 2.0**80).to(dtype).requires_grad_(True)
+        y = rescale_pow2(big)
+        assert 0.5 <= float(y.detach().abs().max()) < 1.0
+        ratio = big.detach() / y.detach()
+        assert torch.equal(ratio, ratio.flatten()[0].expand_as(ratio))  # one factor
+        assert float(torch.frexp(ratio.flatten()[0]).mantissa) == 0.5  # a power of two
+        y.sum().backward()
+        assert torch.equal(big.grad, (1 / ratio).to(dtype))
+    top = torch.tensor([3.0e38, -1.0])  # float32's top binade: factor 2**-128
+    assert torch.equal(rescale_pow2(top), top * 2.0**-128)
 
 
 # --------------------------------------------------------------------------- 3. empty batch

@@ -526,7 +526,7 @@ def test_gcrd_gradcheck():
 def test_gcrd_errors_and_registry():
     with pytest.raises(ValueError, match="same shape"):
         gcrd_loss(torch.randn(5, 3), torch.randn(5, 4))
-    with pytest.raises(ValueError, match="valid heads"):
+    with pytest.raises(ValueError, match=r"unknown head .gcn.; valid names"):
         GCRD(3, 4, head="gcn")
     mod = GCRD(3, 4, proj_dim=2)
     with pytest.raises(ValueError, match="teacher_dim=4"):

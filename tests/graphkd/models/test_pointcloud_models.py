@@ -239,3 +239,48 @@ def test_bad_point_input_names_the_fix():
         PointNet(3, 4)(torch.randn(2, 10, 3))
     with pytest.raises(ValueError, match="valid presets"):
         build_model("resnet", 3)
+
+
+# --------------------------------------------------------------------------- layering
+def test_models_import_no_distributed_or_distillation_layer():
+    """The models sit low: no import (lazy ones included) of the DDP / sync-BatchNorm layers or
+    of anything above them; DGCNN's synchronised statistics come through batchnorm_moments."""
+    import ast
+    from pathlib import Path
+
+    import graphkd.models as models
+
+    banned = ("graphkd.distributed", "graphkd.sync_batchnorm", "graphkd._collectives",
+              "graphkd.distill", "graphkd.train", "graphkd.hooks", "graphkd.inputs",
+              "graphkd.pipeline", "graphkd.experiment", "graphkd.losses", "graphkd.cli")
+    for path in Path(models.__file__).parent.glob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names = [node.module] + [f"{node.module}.{a.name}" for a in node.names]
+            elif isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            else:
+                continue
+            assert not any(n.startswith(banned) for n in names), (path.name, names)
+
+
+def test_batchnorm_moments_hook():
+    """Plain BatchNorm: the local moments, the same objects. A layer with combine_moments
+    (graphkd's SyncBatchNorm) is asked instead, with the caller's mode."""
+    from graphkd.models._common import batchnorm_moments
+
+    mean, var = torch.randn(3), torch.rand(3)
+    out = batchnorm_moments(torch.nn.BatchNorm1d(3), 12, mean, var, True)
+    assert out[0] == 12 and out[1] is mean and out[2] is var
+
+    class Doubling(torch.nn.BatchNorm1d):
+        def combine_moments(self, count, mean, var, training=None):
+            return 2 * count, mean + 1, var * 0 if training else var
+
+    got = batchnorm_moments(Doubling(3), 12, mean, var, True)
+    assert got[0] == 24 and torch.equal(got[1], mean + 1) and not got[2].any()
+    from graphkd.sync_batchnorm import SyncBatchNorm
+
+    sync = SyncBatchNorm(3)  # no process group: unchanged, same objects
+    out = batchnorm_moments(sync, 12, mean, var, True)
+    assert out[0] == 12 and out[1] is mean and out[2] is var
