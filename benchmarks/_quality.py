@@ -1,7 +1,7 @@
 """Shared harness of the quality benchmarks (``benchmarks.pointcloud``, ``benchmarks.molecules``).
 
 For each dataset config: teacher once, then every (seed, method) student through
-:func:`graphkd.experiment.run_experiment` (test metric at the best validation epoch, median
+:func:`graphkd.pipeline.run_experiment` (test metric at the best validation epoch, median
 epoch time). Raw per-seed records go to ``benchmarks/results/<name>.json`` after *every* run, so
 an interrupted benchmark still leaves what it measured; the markdown table and the plot are
 always regenerated from that JSON (``--report-only`` does only that).
@@ -95,7 +95,7 @@ def main(name: str, doc: str, datasets: dict[str, tuple[str, Any]],
     import sys
 
     from graphkd.config import load_config
-    from graphkd.experiment import run_experiment, step_times
+    from graphkd.pipeline import run_experiment, step_times
 
     args = _parser(name, doc).parse_args(argv)
     out = Path(args.out)

@@ -110,7 +110,7 @@ def _print_table(results: dict) -> None:
 def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | None,
                     args: argparse.Namespace) -> int:
     from graphkd import distributed as gd
-    from graphkd.experiment import run_dir, run_experiment
+    from graphkd.pipeline import run_dir, run_experiment
     from graphkd.report import write_report
 
     out = run_dir(cfg)
@@ -147,7 +147,7 @@ def _run_and_report(cfg, methods: Sequence[str] | None, seeds: Sequence[int] | N
 
 def cmd_train_teacher(args: argparse.Namespace) -> int:
     """Train (or load from the cache) the config's teacher and print its metrics."""
-    from graphkd.experiment import train_teacher
+    from graphkd.pipeline import train_teacher
 
     cfg = _load(args)
     _, rec = train_teacher(cfg, force=args.force, progress=not args.quiet)
@@ -180,7 +180,7 @@ def _run_distributed(cfg, args: argparse.Namespace) -> int:
     """
     from graphkd.config import ConfigError
     from graphkd.distributed import launch
-    from graphkd.experiment import resolve_device
+    from graphkd.pipeline import resolve_device
 
     world = _env_world()
     if world > 1 and args.nproc not in (1, world):
@@ -193,7 +193,7 @@ def _run_distributed(cfg, args: argparse.Namespace) -> int:
                           f"{_cuda_count()} visible.")
     backend = "nccl" if device.type == "cuda" else "gloo"
     if world <= 1:
-        from graphkd.experiment import check_methods, load_data, train_teacher
+        from graphkd.pipeline import check_methods, load_data, train_teacher
 
         methods = args.method or list(cfg.methods)
         if any(cfg.methods[m].uses_teacher for m in methods):

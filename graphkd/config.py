@@ -61,7 +61,8 @@ __all__ = [
 
 T = TypeVar("T")
 
-#: Optimizer names accepted by :class:`OptimizerConfig` (resolved by ``graphkd.experiment``).
+#: Optimizer names accepted by :class:`OptimizerConfig` (built by
+#: :func:`graphkd.pipeline.training.build_optimizer`).
 OPTIMIZERS = ("adam", "adamw", "sgd")
 #: Learning-rate schedules accepted by :class:`OptimizerConfig`.
 SCHEDULERS = ("none", "cosine", "step")
@@ -264,7 +265,9 @@ class ExperimentConfig:
         methods: method name -> :class:`MethodConfig`, in the order of the report.
         seeds: student seeds (the teacher is trained once, with ``teacher_seed``).
         teacher_seed: seed of the teacher's training.
-        metric: ``accuracy`` (classification) or ``rocauc`` (binary, OGB-style).
+        metric: a name of the metric table :mod:`graphkd.metrics`: ``accuracy``,
+            ``macro_f1`` or ``roc_auc`` (binary, OGB-style); stored in its canonical spelling
+            (``rocauc`` is accepted with a ``DeprecationWarning``).
         device: ``cpu``, ``cuda``, ``cuda:1`` ... or ``auto``.
         sync_batchnorm: with several processes (``graphkd distill --nproc N``, torchrun),
             convert the student's BatchNorm layers to
@@ -299,7 +302,7 @@ class ExperimentConfig:
         self.data.validate(f"{path}.data")
         self.teacher.validate(f"{path}.teacher")
         self.student.validate(f"{path}.student")
-        _choice(self.metric, ("accuracy", "rocauc"), f"{path}.metric")
+        self.metric = _metric_name(self.metric, f"{path}.metric")
         if not self.methods:
             raise ConfigError(f"{path}.methods: at least one method is required (e.g. 'kd').")
         if not self.seeds:
@@ -309,13 +312,12 @@ class ExperimentConfig:
         for name, method in self.methods.items():
             method.validate(f"{path}.methods.{name}")
         if check_registry:
-            from graphkd.losses import loss_names
+            from graphkd.losses import LOSSES
 
-            names = loss_names()
+            names = LOSSES.names()
             for mname, method in self.methods.items():
                 for i, m in enumerate(method.matches):
-                    key = m.method.lower().replace("-", "").replace("_", "")
-                    if key not in {n.replace("_", "") for n in names}:
+                    if LOSSES.find(m.method) is None:
                         raise ConfigError(
                             f"{path}.methods.{mname}.matches[{i}].method: unknown loss "
                             f"{m.method!r}{_suggest(m.method, names)}; valid names: {names}."
@@ -336,6 +338,23 @@ def _plain_name(value: str, path: str) -> None:
         check_name(value, path)
     except ValueError as exc:
         raise ConfigError(str(exc)) from None
+
+
+def _metric_name(value: str, path: str) -> str:
+    """The canonical name of metric ``value`` (:mod:`graphkd.metrics`); the deprecated
+    spelling ``rocauc`` warns."""
+    import warnings
+
+    from graphkd.metrics import DEPRECATED, METRICS
+
+    name = METRICS.find(value) if isinstance(value, str) else None
+    if name is None:
+        names = METRICS.names()
+        raise ConfigError(f"{path}: {value!r} is not one of {names}{_suggest(str(value), names)}.")
+    if value.lower() in DEPRECATED:
+        warnings.warn(f"{path}: {value!r} is deprecated; write {name!r}.", DeprecationWarning,
+                      stacklevel=4)
+    return name
 
 
 def _positive(value: float, path: str) -> None:

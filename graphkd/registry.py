@@ -1,9 +1,13 @@
 """A name -> class registry, the one mechanism behind every "method by name" lookup.
 
 Used by the graph distillation losses (:mod:`graphkd.losses`), the ranking losses
-(:mod:`recsys.losses`) and the RecBole plugin's method adapters, so that all of them resolve
-names the same way (case-insensitive, ``-``/``_`` ignored) and fail the same way (an error that
-lists the valid names).
+(:mod:`recsys.losses`), the RecBole plugin's method adapters, the metrics
+(:mod:`graphkd.metrics`), the model presets (:mod:`graphkd.models.presets`) and the experiment
+pipeline's datasets and models (:mod:`graphkd.pipeline`), so that all of them resolve names the
+same way (case-insensitive, ``-``/``_`` ignored) and fail the same way (an error that lists the
+valid names). Classes register with the :meth:`Registry.register` decorator (which also sets
+``cls.name``); any other object (a function, a metric, someone else's class) with
+:meth:`Registry.add`, which leaves it untouched.
 
 Example:
     >>> KINDS = Registry("widget")
@@ -20,7 +24,7 @@ from typing import Generic, TypeVar
 
 __all__ = ["Registry"]
 
-T = TypeVar("T", bound=type)
+T = TypeVar("T")
 
 
 def _key(name: str) -> str:
@@ -28,7 +32,7 @@ def _key(name: str) -> str:
 
 
 class Registry(Mapping[str, T], Generic[T]):
-    """Read-only mapping of registered names to classes, filled by :meth:`register`.
+    """Read-only mapping of registered names to entries, filled by :meth:`register`/:meth:`add`.
 
     Args:
         kind: what is registered, for error messages (``"distillation method"``).
@@ -42,19 +46,29 @@ class Registry(Mapping[str, T], Generic[T]):
         """Class decorator: register ``cls`` under ``name`` and set ``cls.name = name``."""
 
         def deco(cls: T) -> T:
-            clash = self._find(name)
-            if clash is not None and self._items[clash] is not cls:
-                raise ValueError(
-                    f"a {self.kind} named {name!r} is already registered "
-                    f"({self._items[clash].__qualname__})."
-                )
+            self.add(name, cls)
             cls.name = name
-            self._items[name] = cls
             return cls
 
         return deco
 
-    def _find(self, name: str) -> str | None:
+    def add(self, name: str, obj: T) -> T:
+        """Register ``obj`` under ``name`` as it is (no attribute set); returns ``obj``.
+
+        Raises:
+            ValueError: another entry is registered under ``name`` (or a spelling of it).
+        """
+        clash = self.find(name)
+        if clash is not None and self._items[clash] is not obj:
+            other = self._items[clash]
+            raise ValueError(f"a {self.kind} named {name!r} is already registered "
+                             f"({getattr(other, '__qualname__', repr(other))}).")
+        self._items[clash or name] = obj
+        return obj
+
+    def find(self, name: str) -> str | None:
+        """The registered spelling of ``name`` (case-insensitive, ``-``/``_`` ignored), or
+        ``None`` when nothing is registered under it."""
         key = _key(name)
         return next((n for n in self._items if _key(n) == key), None)
 
@@ -63,13 +77,13 @@ class Registry(Mapping[str, T], Generic[T]):
         return sorted(self._items)
 
     def get(self, name: str, default: T | None = None) -> T:  # type: ignore[override]
-        """The class registered under ``name`` (case-insensitive, ``-``/``_`` ignored).
+        """The entry registered under ``name`` (case-insensitive, ``-``/``_`` ignored).
 
         Raises:
             ValueError: unknown name; the message lists the valid ones (unless a ``default``
                 is given, which is then returned).
         """
-        found = self._find(name) if name is not None else None
+        found = self.find(name) if name is not None else None
         if found is None:
             if default is not None:
                 return default

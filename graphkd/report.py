@@ -1,7 +1,11 @@
-"""Reports of an experiment: a markdown table, an honest comparison with plain KD, a plot.
+"""Reports of an experiment: summary rows, a markdown table, an honest comparison with plain KD,
+a plot.
 
-Everything is generated from the raw results dict of :func:`graphkd.experiment.run_experiment`
-(kept as JSON beside the report), never typed by hand.
+Everything is generated from the raw results dict of :func:`graphkd.pipeline.run_experiment`
+(kept as JSON beside the report), never typed by hand: :func:`summarize` turns its per-seed
+records into one row per method, the rest formats those rows. Which methods count as
+graph-representation methods (compared with plain KD's epoch time) comes from the methods
+themselves: the ``family`` of their losses (``"graph"`` or ``"gnn"``, :mod:`graphkd.losses`).
 
 Example:
     >>> paths = write_report(results, "runs/pointcloud_digits")   # doctest: +SKIP
@@ -13,18 +17,77 @@ from __future__ import annotations
 
 import json
 import math
+import statistics
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from graphkd.experiment import summarize
+__all__ = ["summarize", "fmt_mean_std", "results_table", "kd_comparison", "markdown_report",
+           "plot_results", "write_report", "is_graph_method"]
 
-__all__ = ["fmt_mean_std", "results_table", "kd_comparison", "markdown_report", "plot_results",
-           "write_report"]
-
-#: Graph-representation methods (compared with plain KD in the text of a report).
-GRAPH_METHODS = ("lsp", "gsp", "gkd", "gcrd", "hkd", "mhgd")
+#: Loss families of the graph-representation methods (compared with plain KD in a report).
+GRAPH_FAMILIES = ("graph", "gnn")
 #: Overhead target of the graph methods: epoch time at most this multiple of a plain-KD epoch.
 KD_OVERHEAD_TARGET = 1.3
+
+
+# ----------------------------------------------------------------------------- summary
+def _mean_std(xs: Sequence[float]) -> tuple[float, float]:
+    xs = [x for x in xs if math.isfinite(x)]
+    if not xs:
+        return float("nan"), float("nan")
+    return statistics.fmean(xs), (statistics.stdev(xs) if len(xs) > 1 else 0.0)
+
+
+def summarize(results: dict[str, Any], *, student: str = "student",
+              kd: str = "kd") -> list[dict[str, Any]]:
+    """One row per method: mean ± std of the test metric at the best validation epoch, epoch
+    time, and epoch-time ratios to the student alone (``student``) and to plain KD (``kd``).
+
+    Ratios are of mean epoch times over seeds; ``None`` when the reference did not run.
+    """
+    by: dict[str, list[dict[str, Any]]] = {}
+    for r in results["runs"]:
+        by.setdefault(r["method"], []).append(r)
+    times = {m: statistics.fmean(r["epoch_time"] for r in rs) for m, rs in by.items()}
+    rows = []
+    for m in results.get("methods") or list(by):
+        rs = by.get(m)
+        if not rs:
+            continue
+        test_m, test_s = _mean_std([r["test"] for r in rs])
+        val_m, val_s = _mean_std([r["val"] for r in rs])
+        t = times[m]
+        rows.append({
+            "method": m,
+            "n": len(rs),
+            "test_mean": test_m,
+            "test_std": test_s,
+            "val_mean": val_m,
+            "val_std": val_s,
+            "epoch_time": t,
+            "epoch_time_std": _mean_std([r["epoch_time"] for r in rs])[1],
+            "vs_student": t / times[student] if student in times else None,
+            "vs_kd": t / times[kd] if kd in times else None,
+            "num_params": rs[0].get("num_params"),
+        })
+    return rows
+
+
+def _family(loss: str) -> str | None:
+    from graphkd.losses import LOSSES
+
+    name = LOSSES.find(loss)
+    return None if name is None else LOSSES[name].family
+
+
+def is_graph_method(results: dict[str, Any], method: str) -> bool:
+    """Whether ``method`` (a name of ``results["methods"]``) distils with a graph-representation
+    loss: one of its matches' losses (from the results' config; the method's own name when the
+    config does not list matches) has ``family`` ``"graph"`` or ``"gnn"``."""
+    entry = ((results.get("config") or {}).get("methods") or {}).get(method) or {}
+    losses = [m.get("method", "") for m in entry.get("matches") or []] or [method]
+    return any(_family(loss) in GRAPH_FAMILIES for loss in losses)
 
 
 def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -> str:
@@ -35,8 +98,12 @@ def fmt_mean_std(mean: float, std: float, scale: float = 1.0, digits: int = 2) -
 
 
 def _scale(results: dict[str, Any]) -> float:
-    """Accuracy/ROC-AUC are shown in percent."""
-    return 100.0 if results.get("metric") in ("accuracy", "ROC-AUC") else 1.0
+    """Metrics the table marks ``percent`` (accuracy, macro-F1, ROC-AUC) are shown in
+    percent; ``results["metric"]`` is the metric's label (or name)."""
+    from graphkd.metrics import METRICS
+
+    name = METRICS.find(str(results.get("metric", "")))
+    return 100.0 if name is not None and METRICS[name].percent else 1.0
 
 
 def _ratio(r: float | None) -> str:
@@ -100,7 +167,7 @@ def kd_comparison(results: dict[str, Any], *, kd: str = "kd",
         label = "the student alone" if ref_name == student else "plain KD"
         out.append(f"Above {label} (mean over seeds): {', '.join(better) or 'none'}.")
         out.append(f"Not above {label}: {', '.join(not_better) or 'none'}.")
-    graph = [m for m in rows if m in GRAPH_METHODS and rows[m]["vs_kd"] is not None]
+    graph = [m for m in rows if rows[m]["vs_kd"] is not None and is_graph_method(results, m)]
     if graph and not results.get("step_times"):  # else the interleaved step times decide
         ok = [f"{m} ({rows[m]['vs_kd']:.2f}×)" for m in graph
               if rows[m]["vs_kd"] <= KD_OVERHEAD_TARGET]
@@ -114,7 +181,7 @@ def kd_comparison(results: dict[str, Any], *, kd: str = "kd",
 def step_time_section(results: dict[str, Any], *, student: str = "student",
                       kd: str = "kd") -> list[str]:
     """Markdown lines for the interleaved step timing of
-    :func:`graphkd.experiment.step_times` (``results["step_times"]``); ``[]`` without it."""
+    :func:`graphkd.pipeline.step_times` (``results["step_times"]``); ``[]`` without it."""
     st = results.get("step_times")
     if not st:
         return []
@@ -132,7 +199,7 @@ def step_time_section(results: dict[str, Any], *, student: str = "student",
     for m, t in med.items():
         lines.append(f"| {m} | {1000 * t:.1f} | {_ratio(t / ref_s if ref_s else None)} | "
                      f"{_ratio(t / ref_kd if ref_kd else None)} |")
-    graph = [m for m in med if m in GRAPH_METHODS]
+    graph = [m for m in med if is_graph_method(results, m)]
     if ref_kd and graph:
         ok = [f"{m} ({med[m] / ref_kd:.2f}×)" for m in graph
               if med[m] / ref_kd <= KD_OVERHEAD_TARGET]

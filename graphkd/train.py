@@ -1,4 +1,4 @@
-"""Training and evaluation loops for a plain model or a :class:`~graphkd.distill.Distiller`.
+"""The one training loop: :func:`fit` / :func:`evaluate` for a plain model or a Distiller.
 
 .. code-block:: python
 
@@ -6,45 +6,69 @@
                  out_dir="runs/gin_to_gcn", seed=0)
     test = evaluate(distiller, test_loader, metric="roc_auc")   # the best-validation student
 
+Used directly (the README) and by the experiment pipeline (:mod:`graphkd.pipeline`, the
+``graphkd`` CLI), which calls it with ``test_loader=``, a ``scheduler=`` and ``restore_best``.
+The loop with its hooks, its short-batch rule and its multi-process path is one job, hence a
+module of about 700 lines (above the usual ~450); what it keeps on disk (checkpoints,
+``log.csv``, RNG states) lives in :mod:`graphkd.checkpoints`, the metrics in
+:mod:`graphkd.metrics`.
+
 * **Objective.** A Distiller's objective is ``sum(losses.values())`` (its dict is already
   weighted); a plain model's is ``loss_fn(logits, target)`` (default cross-entropy).
-* **Model selection** on ``val_loader`` by ``metric`` (higher is better): the best epoch's
-  weights are saved to ``best.pt`` and, with ``restore_best=True``, loaded back at the end.
-* **Metrics** (scikit-learn): ``"accuracy"``, ``"macro_f1"``, ``"roc_auc"`` (binary from one
-  logit column or the second of two; multi-class one-vs-rest; multi-task ``[B, T]`` targets:
-  mean over tasks with both classes present, NaN labels ignored, as OGB).
+* **Model selection** on ``val_loader`` by ``metric`` (its direction from the metric table):
+  the first epoch with the best finite validation value; its weights are saved to ``best.pt``
+  and, with ``restore_best=True``, loaded back at the end. With ``test_loader`` the test metric
+  is measured after every epoch too and ``result.test`` is the one at the selected epoch.
+* **Metrics** (:mod:`graphkd.metrics`): ``"accuracy"``, ``"macro_f1"``, ``"roc_auc"`` (binary
+  from one logit column or the log-odds of two; multi-class one-vs-rest; multi-task ``[B, T]``
+  targets: mean over tasks with both classes present, NaN labels ignored, as OGB).
+* **Schedules**: ``scheduler=`` (an ``LRScheduler`` of the given optimizer, or a factory
+  ``optimizer -> scheduler``) is stepped once per epoch, after validation
+  (``ReduceLROnPlateau`` gets the validation value); ``grad_clip=`` clips the gradient norm.
+* **Epoch time** (``time_s`` in the history and ``log.csv``) is the training part of an epoch:
+  data loading, forward, backward and optimizer steps (CUDA synchronised), evaluation and
+  checkpoints excluded.
 * **Checkpoints** are ``state_dict``\\ s of plain tensors and numbers:
   ``torch.load(path, weights_only=True)`` reads them. For a Distiller they hold the student,
   the methods' heads/adapters (and a mutual peer), never a frozen teacher. ``last.pt`` also
-  holds the optimizer, the epoch, the best-so-far, the history and **every RNG state the run
-  owns**, so ``resume=True`` continues an interrupted run exactly (same batches, same result,
-  bit for bit; see :func:`fit`, "Exact resume"). Files are written atomically
-  (:func:`graphkd.fileio.atomic_torch_save`): a kill never leaves half a checkpoint.
+  holds the optimizer, the scheduler, the epoch, the best-so-far, the history and **every RNG
+  state the run owns**, so ``resume=True`` continues an interrupted run exactly (same batches,
+  same result, bit for bit; see :func:`fit`, "Exact resume"). Files are written atomically: a
+  kill never leaves half a checkpoint.
 * **A final training batch of one sample** (e.g. 100 samples, ``batch_size=33``) is skipped,
-  with one warning, when the model trains BatchNorm layers or a batch-relation method (RKD,
-  GKD, SP, ...): both need at least two samples. Other models train on it as before.
-* **Logs**: ``log.csv`` (one row per epoch: epoch, loss, each named loss, the validation
-  metric, seconds), ``logging`` messages, tqdm bars (``progress=False`` turns them off).
+  with one warning, when the model trains BatchNorm layers or a batch-relation method
+  (``level == "batch"``: RKD, GKD, SP, ...): both need at least two samples; the run then equals
+  a run without that sample. It is only skipped after a larger first batch in the same epoch
+  (one graph per step is kept); ``drop_last=True`` on the DataLoader drops it silently. Other
+  models train on it as before.
+* **Non-finite training losses** raise ``FloatingPointError`` at the end of the epoch (the
+  epoch's loss means are checked; no host synchronisation per step).
+* **Logs**: ``log.csv`` (one row per epoch: epoch, loss, each named loss, the validation and
+  test metrics, the learning rate with a scheduler, seconds), ``logging`` messages, tqdm bars
+  (``progress=False`` turns them off).
 * **Two-stage methods** (MHGD): with ``pretrain_epochs > 0``, :func:`pretrain` runs stage 1
   before the main loop.
 * **Several processes** (``torch.distributed`` initialised with more than one process, e.g.
   under ``torchrun`` or :func:`graphkd.distributed.launch`): a Distiller is trained through
   :func:`graphkd.distributed.wrap` (relation methods on the global batch, student and heads in
-  DDP, the frozen teacher replicated), a plain model through DDP. Give every rank its shard:
-  ``DataLoader(ds, batch_size=B_global // W, sampler=DistributedSampler(ds, drop_last=True))``
-  (``fit`` calls ``sampler.set_epoch(epoch)``; ``drop_last`` keeps the local batches equal, so
-  DDP's gradient average equals one process's gradient on the global batch). Validation runs on
-  rank 0 and its value is broadcast (every rank keeps the same best epoch); the logged losses
-  are averaged over ranks; only rank 0 writes checkpoints and ``log.csv`` and shows progress
-  bars, the others wait at a barrier after every epoch.
+  DDP, the frozen teacher replicated), a plain model through DDP (``sync_batchnorm=True``
+  converts the student's BatchNorm layers to :class:`graphkd.sync_batchnorm.SyncBatchNorm`
+  first). Give every rank its shard: ``DataLoader(ds, batch_size=B_global // W,
+  sampler=DistributedSampler(ds, drop_last=True))`` (``fit`` calls ``sampler.set_epoch(e)``
+  with ``e = 0, 1, ...``; ``drop_last`` keeps the local batches equal, so DDP's gradient average
+  equals one process's gradient on the global batch). Validation and test run on rank 0 and
+  their values are broadcast (every rank keeps the same best epoch); the logged losses are
+  averaged over ranks; only rank 0 writes checkpoints and ``log.csv`` and shows progress bars,
+  the others wait at a barrier after every epoch. A custom ``call`` must run the model by
+  calling it (``model(...)``, then the DDP wrapper). ``distributed=False`` trains in this
+  process alone even inside a process group.
 """
 
 from __future__ import annotations
 
 import copy
-import csv
-import io
 import logging
+import math
 import random
 import time
 import warnings
@@ -58,24 +82,25 @@ import torch
 from torch import Tensor, nn
 
 from graphkd import distributed as gd
-from graphkd.distill import (
-    Distiller,
-    _to_device,
-    default_call,
-    default_target,
-    logits_of,
-    prepare_target,
+from graphkd.checkpoints import (
+    load_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+    write_log,
 )
-from graphkd.fileio import atomic_torch_save, atomic_write_text
+from graphkd.distill import Distiller
+from graphkd.inputs import default_call, default_target, logits_of, prepare_target, to_device
+from graphkd.metrics import METRICS, Metric, compute_metric, get_metric
 
 __all__ = ["METRICS", "FitResult", "seed_everything", "compute_metric", "evaluate", "pretrain",
-           "fit", "load_checkpoint"]
+           "fit", "load_checkpoint", "loss_columns"]
 
 log = logging.getLogger(__name__)
 
-METRICS = ("accuracy", "macro_f1", "roc_auc")
-
 OptimizerSpec = torch.optim.Optimizer | Callable[[list[nn.Parameter]], torch.optim.Optimizer]
+#: An LR scheduler of fit's optimizer, or a factory ``optimizer -> scheduler`` (or ``None``).
+SchedulerSpec = Any
 
 
 def seed_everything(seed: int) -> None:
@@ -85,49 +110,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-# --------------------------------------------------------------------------- metrics
-def _predictions(logits: Tensor, y: Tensor) -> tuple[np.ndarray, np.ndarray]:
-    if logits.dim() == 2 and logits.shape[1] > 1 and y.numel() == logits.shape[0]:
-        return logits.argmax(1).numpy(), y.reshape(-1).long().numpy()
-    return (logits.reshape(y.shape) > 0).long().numpy().ravel(), y.long().numpy().ravel()
+# --------------------------------------------------------------------------- evaluation
+def _bar(iterable: Iterable, progress: bool, desc: str) -> Iterable:
+    """The training loader itself, or wrapped in a tqdm bar (``tqdm.std``).
 
-
-def compute_metric(metric: str, logits: Tensor, y: Tensor) -> float:
-    """``metric`` of predictions ``logits`` (``[B, C]``, ``[B, 1]`` or ``[B, T]``) for ``y``.
-
-    Raises:
-        ValueError: an unknown metric (listing the valid ones).
+    Not ``tqdm.auto``: its asyncio class calls ``iter(iterable)`` when it is built (even
+    disabled), i.e. an extra DataLoader iterator per epoch (worker start-up, and a draw from
+    the loader's generator or the global RNG). :func:`evaluate` and :func:`pretrain` still use
+    ``tqdm.auto``: their RNG consumption is kept as it was, so published runs reproduce.
     """
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}.")
-    from sklearn.metrics import accuracy_score, f1_score, roc_auc_score
+    if not progress:
+        return iterable
+    from tqdm.std import tqdm
 
-    logits, y = logits.detach().float().cpu(), y.detach().cpu()
-    if metric != "roc_auc":
-        pred, true = _predictions(logits, y)
-        if metric == "accuracy":
-            return float(accuracy_score(true, pred))
-        return float(f1_score(true, pred, average="macro"))
-    if logits.dim() == 2 and logits.shape[1] > 1 and y.numel() == logits.shape[0]:
-        true = y.reshape(-1).long().numpy()
-        prob = torch.softmax(logits, 1).numpy()
-        if logits.shape[1] == 2:
-            return float(roc_auc_score(true, prob[:, 1]))
-        return float(roc_auc_score(true, prob, multi_class="ovr",
-                                   labels=list(range(logits.shape[1]))))
-    score = logits.reshape(y.shape).reshape(y.shape[0], -1).numpy()
-    true = y.float().reshape(y.shape[0], -1).numpy()
-    aucs = []
-    for t in range(true.shape[1]):
-        ok = ~np.isnan(true[:, t])
-        if len(np.unique(true[ok, t])) == 2:
-            aucs.append(roc_auc_score(true[ok, t], score[ok, t]))
-    if not aucs:
-        raise ValueError("ROC-AUC needs both classes among the labels of at least one task.")
-    return float(np.mean(aucs))
+    return tqdm(iterable, desc=desc, leave=False)
 
 
-# --------------------------------------------------------------------------- helpers
 def _device_of(model: nn.Module) -> torch.device:
     return next((p.device for p in model.parameters()), torch.device("cpu"))
 
@@ -138,9 +136,15 @@ def _predict(model: nn.Module, data: Any, call: Callable) -> Tensor:
     return logits_of(call(model, data))
 
 
+def _call_target(model: nn.Module, call: Callable | None, target: Callable | None):
+    if isinstance(model, Distiller):
+        return model.student_call, model.target
+    return call or default_call, target or default_target
+
+
 @torch.no_grad()
 def evaluate(
-    model: nn.Module, loader: Iterable, *, metric: str = "accuracy",
+    model: nn.Module, loader: Iterable, *, metric: str | Metric = "accuracy",
     call: Callable | None = None, target: Callable | None = None,
     device: torch.device | str | None = None, progress: bool = False,
 ) -> dict[str, float]:
@@ -149,18 +153,17 @@ def evaluate(
     Args:
         model: a plain model or a Distiller.
         loader: batches.
-        metric: one of :data:`METRICS`.
+        metric: a name of :data:`graphkd.metrics.METRICS` (or a ``Metric``).
         call, target: how to run the model / read labels (a Distiller uses its own).
         device: where to run (default: the model's).
         progress: show a tqdm bar.
 
     Returns:
-        ``{metric: value, "num_samples": n}``.
+        ``{metric's canonical name: value, "num_samples": n}``.
     """
     from tqdm.auto import tqdm
 
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}.")
+    m = get_metric(metric)
     call, target = _call_target(model, call, target)
     device = torch.device(device) if device is not None else _device_of(model)
     was = model.training
@@ -168,7 +171,7 @@ def evaluate(
     outs, ys = [], []
     try:
         for data in tqdm(loader, desc="eval", leave=False, disable=not progress):
-            data = _to_device(data, device)
+            data = to_device(data, device)
             outs.append(_predict(model, data, call))
             ys.append(target(data))
     finally:
@@ -176,15 +179,10 @@ def evaluate(
     if not outs:
         raise ValueError("the evaluation loader is empty.")
     logits, y = torch.cat(outs).cpu(), torch.cat(ys).cpu()  # one transfer, not one per batch
-    return {metric: compute_metric(metric, logits, y), "num_samples": int(y.shape[0])}
+    return {m.name: m(logits, y), "num_samples": int(y.shape[0])}
 
 
-def _call_target(model: nn.Module, call: Callable | None, target: Callable | None):
-    if isinstance(model, Distiller):
-        return model.student_call, model.target
-    return call or default_call, target or default_target
-
-
+# --------------------------------------------------------------------------- stage 1
 def pretrain(
     distiller: Distiller, loader: Iterable, *, epochs: int, lr: float = 1e-3,
     progress: bool = True, device: torch.device | str | None = None,
@@ -200,7 +198,7 @@ def pretrain(
 
     device = torch.device(device) if device is not None else _device_of(distiller)
     if not distiller.is_setup:
-        distiller.setup(_to_device(next(iter(loader)), device))
+        distiller.setup(to_device(next(iter(loader)), device))
     params = distiller.pretrain_parameters()
     if not params:
         distiller.finish_pretraining()
@@ -215,7 +213,7 @@ def pretrain(
         for data in tqdm(loader, desc=f"pretrain {epoch}", leave=False, disable=not progress):
             if tail.skip(data):
                 continue
-            data = _to_device(data, device)
+            data = to_device(data, device)
             loss = sum(distiller.pretrain_losses(data).values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
@@ -227,45 +225,42 @@ def pretrain(
     return history
 
 
+# --------------------------------------------------------------------------- results
 @dataclass
 class FitResult:
     """What :func:`fit` returns.
 
     Attributes:
-        history: one dict per epoch (epoch, loss, named losses, ``val_<metric>``, time_s).
+        history: one dict per epoch: ``epoch`` (from 1), ``loss``, the named losses
+            (:func:`loss_columns`), ``val_<metric>``, ``test_<metric>`` (with a test loader),
+            ``lr`` (with a scheduler), ``time_s`` (training part of the epoch).
         best_epoch: the epoch selected on the validation split (the last one without it).
         best_metric: its validation metric (``nan`` without a validation loader).
+        test: the test metric at ``best_epoch`` (``nan`` without a test loader).
+        metric: the metric's canonical name.
         out_dir: where checkpoints and logs went, if anywhere.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
     best_epoch: int = 0
     best_metric: float = float("nan")
+    test: float = float("nan")
+    metric: str = "accuracy"
     out_dir: Path | None = None
 
 
-def load_checkpoint(path: str | Path, map_location: Any = "cpu") -> dict[str, Any]:
-    """Load a graphkd checkpoint with ``weights_only=True``.
-
-    Raises:
-        FileNotFoundError: no file at ``path``.
-        ValueError: a corrupt file or not a graphkd checkpoint (no ``"model"`` entry).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint at {path}.")
-    try:
-        ck = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:
-        detail = (str(e).splitlines() or [""])[0][:160]
-        raise ValueError(f"checkpoint {path} is corrupt or not a weights-only graphkd "
-                         f"checkpoint ({type(e).__name__}: {detail}); delete it or pass "
-                         "resume=False.") from e
-    if not isinstance(ck, dict) or "model" not in ck:
-        raise ValueError(f"{path} is not a graphkd checkpoint (no 'model' state_dict).")
-    return ck
+_NOT_LOSSES = ("epoch", "loss", "lr", "time_s")
 
 
+def loss_columns(row: dict[str, float]) -> dict[str, float]:
+    """The named losses of a history row (``task``, ``kd``, ``lsp[convs.1]``, ...): every
+    entry but ``epoch``, ``loss`` (their sum), ``lr``, ``time_s`` and the ``val_``/``test_``
+    metrics."""
+    return {k: v for k, v in row.items()
+            if k not in _NOT_LOSSES and not k.startswith(("val_", "test_"))}
+
+
+# --------------------------------------------------------------------------- optimisation
 def _build_optimizer(model: nn.Module, optimizer: OptimizerSpec | None, lr: float):
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
@@ -288,116 +283,27 @@ def _build_optimizer(model: nn.Module, optimizer: OptimizerSpec | None, lr: floa
     return optimizer(params)
 
 
-def _save(obj: dict[str, Any], path: Path) -> None:
-    """``torch.save`` made atomic: an interruption never leaves half a file."""
-    atomic_torch_save(obj, path)
+def _build_scheduler(scheduler: SchedulerSpec, opt: torch.optim.Optimizer) -> Any:
+    """``None``, the given scheduler (it must drive ``opt``) or ``scheduler(opt)``."""
+    if scheduler is None:
+        return None
+    if hasattr(scheduler, "step") and hasattr(scheduler, "state_dict"):
+        if getattr(scheduler, "optimizer", None) is not opt:
+            raise ValueError("the scheduler drives another optimizer than the one fit trains "
+                             "with; pass scheduler=lambda opt: <scheduler of opt> (or the "
+                             "optimizer it was built on as optimizer=).")
+        return scheduler
+    if not callable(scheduler):
+        raise TypeError(f"scheduler must be an LR scheduler or a factory optimizer -> "
+                        f"scheduler, got {type(scheduler).__name__}.")
+    return scheduler(opt)
 
 
-def _write_log(path: Path, history: list[dict[str, float]]) -> None:
-    """``log.csv`` rewritten (atomically) from the whole history: one row per finished epoch.
-
-    Rewriting rather than appending keeps the file equal to the checkpoint's history, so a run
-    killed between two writes and resumed never logs an epoch twice.
-    """
-    fields: list[str] = []
-    for row in history:
-        fields += [k for k in row if k not in fields]
-    buf = io.StringIO(newline="")
-    w = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
-    w.writeheader()
-    w.writerows(history)
-    atomic_write_text(path, buf.getvalue())
-
-
-# --------------------------------------------------------------------------- RNG states
-def _attr_path(obj: Any, path: str) -> Any:
-    for name in path.split("."):
-        obj = getattr(obj, name, None)
-        if obj is None:
-            return None
-    return obj
-
-
-_LOADER_GENERATORS = ("generator", "sampler.generator", "batch_sampler.sampler.generator")
-
-
-def _owned_generators(model: nn.Module, loaders: dict[str, Any]) -> dict[str, torch.Generator]:
-    """Every ``torch.Generator`` the run owns besides the global ones, by a stable name.
-
-    * the loaders': ``loader.generator``, ``loader.sampler.generator`` and
-      ``loader.batch_sampler.sampler.generator`` (shuffle order, worker seeds);
-    * the modules': any ``torch.Generator`` held as an attribute by a module of ``model``
-      (walking ``named_modules``; a Distiller's teachers too), e.g. the ``seed=`` generator of
-      G-CRD or GSP.
-
-    The same object reached twice is listed once (under its first name).
-    """
-    gens: dict[str, torch.Generator] = {}
-    seen: set[int] = set()
-
-    def add(name: str, g: Any) -> None:
-        if isinstance(g, torch.Generator) and id(g) not in seen:
-            seen.add(id(g))
-            gens[name] = g
-
-    for lname, loader in loaders.items():
-        for path in _LOADER_GENERATORS:
-            add(f"{lname}.{path}", _attr_path(loader, path))
-    roots = [("", model)]
-    if isinstance(model, Distiller):
-        roots += [(f"<teacher{i}>", t) for i, t in enumerate(model.teachers)]
-    for prefix, root in roots:
-        for mname, module in root.named_modules(prefix=prefix):
-            for attr, value in vars(module).items():
-                add(f"{mname}.{attr}" if mname else attr, value)
-    return gens
-
-
-def _rng_state(model: nn.Module, loaders: dict[str, Any]) -> dict[str, Any]:
-    """All RNG states of the run as plain tensors/numbers (``weights_only``-loadable)."""
-    kind, keys, pos, has_gauss, gauss = np.random.get_state()  # noqa: NPY002
-    version, py_state, py_gauss = random.getstate()
-    state: dict[str, Any] = {
-        "torch": torch.get_rng_state(),
-        "numpy": {"kind": str(kind), "keys": torch.from_numpy(keys.astype(np.int64)),
-                  "pos": int(pos), "has_gauss": int(has_gauss), "gauss": float(gauss)},
-        "python": {"version": int(version), "state": torch.tensor(py_state, dtype=torch.int64),
-                   "gauss": py_gauss},
-        "generators": {k: g.get_state() for k, g in _owned_generators(model, loaders).items()},
-    }
-    if torch.cuda.is_available() and torch.cuda.is_initialized():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def _set_rng_state(state: dict[str, Any], model: nn.Module, loaders: dict[str, Any]) -> None:
-    """Restore :func:`_rng_state`'s output; warn about RNGs it cannot match (resume inexact)."""
-    torch.set_rng_state(state["torch"].cpu())
-    if state.get("cuda") is not None and torch.cuda.is_available():
-        cuda = [s.cpu() for s in state["cuda"]]
-        if len(cuda) != torch.cuda.device_count():
-            log.warning("resume: the checkpoint holds the RNG states of %d CUDA devices, this "
-                        "machine has %d; restoring the first ones.", len(cuda),
-                        torch.cuda.device_count())
-        for i, s in enumerate(cuda[:torch.cuda.device_count()]):
-            torch.cuda.set_rng_state(s, i)
-    npst = state["numpy"]
-    np.random.set_state((npst["kind"], npst["keys"].cpu().numpy().astype(np.uint32),  # noqa: NPY002
-                         int(npst["pos"]), int(npst["has_gauss"]), float(npst["gauss"])))
-    py = state["python"]
-    random.setstate((int(py["version"]), tuple(int(v) for v in py["state"].tolist()),
-                     py["gauss"]))
-    saved = dict(state.get("generators", {}))
-    unmatched = []
-    for name, g in _owned_generators(model, loaders).items():
-        if name in saved:
-            g.set_state(saved.pop(name).cpu())
-        else:
-            unmatched.append(name)
-    if unmatched or saved:
-        log.warning("resume is not exact: RNG generators %s are not in the checkpoint and %s "
-                    "of the checkpoint are not in this run (build the loaders and losses as "
-                    "in the interrupted run).", sorted(unmatched), sorted(saved))
+def _step_scheduler(sched: Any, value: float) -> None:
+    if isinstance(sched, torch.optim.lr_scheduler.ReduceLROnPlateau):
+        sched.step(value)
+    else:
+        sched.step()
 
 
 # --------------------------------------------------------------------------- short batches
@@ -430,7 +336,7 @@ def _needs_two_samples(model: nn.Module) -> bool:
     from graphkd.losses.base import DistillLoss
 
     return any((isinstance(m, _BatchNorm) and m.training)
-               or (isinstance(m, DistillLoss) and getattr(m, "level", None) == "batch")
+               or (isinstance(m, DistillLoss) and m.level == "batch")
                for m in model.modules())
 
 
@@ -463,12 +369,25 @@ class _TailSkipper:
         return True
 
 
-def _ddp_runner(model: nn.Module, distiller: Distiller | None, device: torch.device) -> nn.Module:
-    """The module the training step calls under ``torch.distributed`` (DDP around ``model``)."""
+# --------------------------------------------------------------------------- processes
+def _ddp_runner(model: nn.Module, distiller: Distiller | None, device: torch.device, *,
+                sync_batchnorm: bool = False) -> nn.Module:
+    """The module the training step calls under ``torch.distributed`` (DDP around ``model``).
+
+    A Distiller goes through :func:`graphkd.distributed.wrap` (``find_unused_parameters`` for
+    two-stage methods, whose stage-1 heads get no gradient); a plain model through DDP, its
+    BatchNorm layers converted in place to SyncBatchNorm first with ``sync_batchnorm``.
+    """
     if distiller is not None:
-        two_stage = any(getattr(m, "requires_pretraining", False)
-                        for m in distiller.match_losses)
-        return gd.wrap(distiller, find_unused_parameters=two_stage)
+        two_stage = any(m.requires_pretraining for m in distiller.match_losses)
+        return gd.wrap(distiller, find_unused_parameters=two_stage,
+                       sync_batchnorm=sync_batchnorm)
+    if sync_batchnorm:
+        from graphkd.sync_batchnorm import convert_sync_batchnorm
+
+        if convert_sync_batchnorm(model) is not model:
+            raise ValueError("sync_batchnorm=True converts the model's BatchNorm layers in "
+                             "place; a model that is one BatchNorm layer cannot be.")
     kwargs: dict[str, Any] = {"device_ids": [device]} if device.type == "cuda" else {}
     return nn.parallel.DistributedDataParallel(model, **kwargs)
 
@@ -489,26 +408,27 @@ def _check_sharded(loader: Iterable) -> Any:
     return None
 
 
-def _mean_over_ranks(sums: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
+def _mean_over_ranks(values: dict[str, Tensor], device: torch.device) -> dict[str, Tensor]:
     """Every value averaged over ranks (one all_reduce; the keys are the same on all ranks)."""
     import torch.distributed as dist
 
-    keys = sorted(sums)
-    buf = torch.stack([sums[k].detach().to(device, torch.float64).reshape(()) for k in keys])
+    keys = sorted(values)
+    buf = torch.stack([values[k].detach().to(device, torch.float64).reshape(()) for k in keys])
     dist.all_reduce(buf)
     buf /= gd.world_size()
     return {k: buf[i] for i, k in enumerate(keys)}
 
 
-def _broadcast_float(value: float, device: torch.device) -> float:
-    """Rank 0's ``value`` on every rank."""
+def _broadcast_floats(values: list[float], device: torch.device) -> list[float]:
+    """Rank 0's ``values`` on every rank."""
     import torch.distributed as dist
 
-    buf = torch.tensor([value], dtype=torch.float64, device=device)
+    buf = torch.tensor(values, dtype=torch.float64, device=device)
     dist.broadcast(buf, 0)
-    return float(buf[0])
+    return [float(v) for v in buf]
 
 
+# --------------------------------------------------------------------------- fit
 def fit(
     model: nn.Module,
     train_loader: Iterable,
@@ -517,18 +437,24 @@ def fit(
     epochs: int,
     optimizer: OptimizerSpec | None = None,
     lr: float = 1e-3,
-    metric: str = "accuracy",
+    scheduler: SchedulerSpec = None,
+    metric: str | Metric = "accuracy",
     loss_fn: Callable[[Tensor, Tensor], Tensor] | None = None,
     call: Callable | None = None,
     target: Callable | None = None,
+    test_loader: Iterable | None = None,
+    grad_clip: float | None = None,
     out_dir: str | Path | None = None,
     resume: bool = False,
     progress: bool = True,
+    desc: str = "",
     seed: int | None = None,
     pretrain_epochs: int = 0,
     pretrain_lr: float = 1e-3,
     restore_best: bool = True,
     device: torch.device | str | None = None,
+    distributed: bool | None = None,
+    sync_batchnorm: bool = False,
 ) -> FitResult:
     """Train a plain model or a Distiller for ``epochs`` epochs, selecting on validation.
 
@@ -539,64 +465,55 @@ def fit(
         optimizer: ``None`` (Adam with ``lr``), a factory ``params -> Optimizer`` or an
             optimizer holding every trainable parameter (build it after ``setup``).
         lr: learning rate of the default Adam.
-        metric: validation metric, one of :data:`METRICS` (higher is better).
+        scheduler: ``None``, a factory ``optimizer -> LR scheduler`` (may return ``None``) or
+            a scheduler of ``optimizer``; stepped once per epoch, after validation.
+        metric: validation (and test) metric, a name of :data:`graphkd.metrics.METRICS`.
         loss_fn: task loss of a plain model (default cross-entropy).
         call, target: how to run a plain model / read labels (a Distiller has its own).
+        test_loader: also measure the test metric after every epoch (``result.test``: the
+            value at the selected epoch).
+        grad_clip: clip the norm of the trainable parameters' gradients to this value.
         out_dir: where ``last.pt``, ``best.pt`` and ``log.csv`` go (``None``: nowhere).
         resume: continue from ``out_dir/last.pt`` if it exists (exactly; see below).
-        progress: tqdm bars.
+        progress: tqdm bars; ``desc`` prefixes their label.
         seed: seed everything first (see :func:`seed_everything`).
         pretrain_epochs: stage-1 epochs for two-stage methods (required > 0 when one needs it).
         pretrain_lr: their learning rate.
         restore_best: load the best-validation weights into ``model`` at the end.
         device: where to train (default: the model's device).
+        distributed: ``None``: DDP whenever ``torch.distributed`` runs several processes;
+            ``False``: train in this process alone.
+        sync_batchnorm: under DDP, synchronise the student's BatchNorm statistics.
 
-    **Exact resume.** ``out_dir/last.pt`` is written atomically at the end of every epoch
-    (after validation), which is the start of the next one. Besides the weights (student,
-    heads, BatchNorm statistics), the optimizer, the history and the best-so-far it holds every
-    RNG state the run owns at that point: torch's global RNG, every CUDA device's (when CUDA is
-    initialised), NumPy's and Python ``random``'s global RNGs, the DataLoaders' own generators
-    (``loader.generator``, ``loader.sampler.generator``,
-    ``loader.batch_sampler.sampler.generator``, of ``train_loader`` and ``val_loader``) and
-    every ``torch.Generator`` held as an attribute by a module of ``model`` (the ``seed=``
-    generators of G-CRD and GSP, found by walking the modules; a Distiller's teachers too).
-    ``resume=True`` loads them all and **restarts the interrupted epoch from its first batch**:
-    the epoch is replayed with the same shuffle order, dropout masks, node samples and
-    augmentation, so the final weights equal those of an uninterrupted run bit for bit (on the
-    same hardware and library versions). Work done inside the interrupted epoch is lost (at
-    most one epoch). Build the loaders and the model as in the interrupted run; a generator
-    that cannot be matched by name is reported with a warning. Under several processes only
-    rank 0 writes ``last.pt`` and every rank restores rank 0's states.
+    **Exact resume.** ``out_dir/last.pt`` is written at the end of every epoch, after
+    validation (the start of the next epoch), with every RNG state the run owns (the global
+    ones, the loaders' generators -- of ``train_loader``, ``val_loader`` and ``test_loader`` --
+    and any generator held by a module, e.g. G-CRD's; see :mod:`graphkd.checkpoints`).
+    ``resume=True`` loads them and **restarts the interrupted epoch from its first batch**, so
+    the final weights equal those of an uninterrupted run bit for bit (same hardware and
+    library versions); at most one epoch of work is lost. Build the loaders and the model as in
+    the interrupted run (a generator that cannot be matched by name is reported).
 
-    **A final batch of one sample** (``len(dataset) % batch_size == 1``) is skipped, with one
-    warning, when the model in training mode has a BatchNorm layer or a batch-relation method
-    (``level == "batch"``: RKD, GKD, SP, ...), which need two samples: the run then equals a run
-    without that sample. A batch of one is only skipped after a larger first batch in the same
-    epoch (one graph per step, as in full-graph training, is kept). To drop it silently pass
-    ``drop_last=True`` to the DataLoader.
-
-    Under ``torch.distributed`` (more than one process) the model trains with DDP on the global
-    batch; see the module docstring (shard ``train_loader`` with a ``DistributedSampler``; a
-    custom ``call`` must run the model by calling it, ``model(...)``, which is then the DDP
-    wrapper).
+    The final batch of one sample, DDP and the logs: see the module docstring.
 
     Returns:
         a :class:`FitResult`.
+
+    Raises:
+        FloatingPointError: a non-finite training loss (mean over an epoch).
 
     Example:
         >>> res = fit(model, train_loader, val_loader, epochs=5, progress=False)
         >>> res.best_epoch, res.best_metric
     """
-    from tqdm.auto import tqdm
-
-    if metric not in METRICS:
-        raise ValueError(f"unknown metric {metric!r}; valid: {METRICS}.")
-    distributed, main = gd.is_distributed(), gd.is_main_process()
-    progress = progress and main
+    m = get_metric(metric)
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir= of the interrupted run.")
+    distributed = gd.is_distributed() and distributed is not False
+    main = gd.is_main_process() or not distributed
+    progress = progress and main
     if seed is not None:
         seed_everything(seed)
     device = torch.device(device) if device is not None else _device_of(model)
@@ -609,7 +526,7 @@ def fit(
     if distiller is None:
         loss_fn = loss_fn or nn.CrossEntropyLoss()
     elif not distiller.is_setup:
-        distiller.setup(_to_device(next(iter(train_loader)), device))
+        distiller.setup(to_device(next(iter(train_loader)), device))
 
     ck = None
     if resume and (out / "last.pt").is_file():
@@ -629,18 +546,24 @@ def fit(
     if distributed:
         import torch.distributed as dist
 
-        runner = _ddp_runner(model, distiller, device)
+        runner = _ddp_runner(model, distiller, device, sync_batchnorm=sync_batchnorm)
         sampler = _check_sharded(train_loader)
     opt = _build_optimizer(model, optimizer, lr)
+    sched = _build_scheduler(scheduler, opt)
+    clipped = [p for p in model.parameters() if p.requires_grad] if grad_clip else []
 
     loaders = {"train_loader": train_loader, "val_loader": val_loader}
-    result = FitResult(out_dir=out)
+    if test_loader is not None:
+        loaders["test_loader"] = test_loader
+    result = FitResult(out_dir=out, metric=m.name)
     start = 1
     best_state = None
     if ck is not None:
         opt.load_state_dict(ck["optimizer"])
+        if sched is not None and "scheduler" in ck:
+            sched.load_state_dict(ck["scheduler"])
         if "rng_states" in ck:
-            _set_rng_state(ck["rng_states"], model, loaders)
+            set_rng_state(ck["rng_states"], model, loaders)
         else:  # a checkpoint of an older graphkd: the global torch RNG only
             log.warning("resume: %s holds torch's global RNG state only; the loaders' and "
                         "losses' generators restart from their seeds (not an exact resume).",
@@ -656,21 +579,24 @@ def fit(
             if int(best.get("epoch", result.best_epoch)) == result.best_epoch:
                 best_state = best["model"]
 
+    # losses are summed on the device in float64 (float32 on MPS): no host sync per step
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64
     tail = _TailSkipper()
+    warned_nan = False
     for epoch in range(start, epochs + 1):
-        t0 = time.perf_counter()
         if sampler is not None:
-            sampler.set_epoch(epoch)
+            sampler.set_epoch(epoch - 1)
         model.train()
         tail.new_epoch(model)
         sums: dict[str, Tensor] = {}
         n = 0
-        bar = tqdm(train_loader, desc=f"epoch {epoch}/{epochs}", leave=False,
-                   disable=not progress)
+        bar = _bar(train_loader, progress, desc=f"{desc + ' ' if desc else ''}epoch "
+                                                f"{epoch}/{epochs}")
+        t0 = time.perf_counter()
         for data in bar:
             if tail.skip(data):
                 continue
-            data = _to_device(data, device)
+            data = to_device(data, device)
             if distiller is not None:
                 _, losses = runner(data)
             else:
@@ -679,49 +605,78 @@ def fit(
             loss = sum(losses.values())
             opt.zero_grad(set_to_none=True)
             loss.backward()
+            if grad_clip:
+                nn.utils.clip_grad_norm_(clipped, grad_clip)
             opt.step()
             for k, v in [("loss", loss), *losses.items()]:
-                sums[k] = sums[k] + v.detach() if k in sums else v.detach()
+                v = v.detach().to(acc_dtype)
+                sums[k] = sums[k] + v if k in sums else v
             n += 1
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+        train_s = time.perf_counter() - t0
         if n == 0:
             raise ValueError("the training loader is empty.")
+        means = {k: v / n for k, v in sums.items()}
         if distributed:  # rank means (equal local batch counts under drop_last)
-            sums = _mean_over_ranks(sums, device)
+            means = _mean_over_ranks(means, device)
         row: dict[str, float] = {"epoch": epoch}
-        row.update({k: float(v) / n for k, v in sums.items()})
-        if val_loader is not None:
-            value = float("nan")
+        row.update({k: float(v) for k, v in means.items()})
+        bad = {k: v for k, v in row.items() if not math.isfinite(v)}
+        if bad:
+            raise FloatingPointError(
+                f"{desc or 'fit'}: non-finite training loss in epoch {epoch} ({bad}); lower "
+                "the learning rate or the method's weight.")
+        value = test_value = float("nan")
+        if val_loader is not None or test_loader is not None:
             if main:
-                value = evaluate(model, val_loader, metric=metric, call=call_, target=target_,
-                                 device=device)[metric]
+                if val_loader is not None:
+                    value = evaluate(model, val_loader, metric=m, call=call_, target=target_,
+                                     device=device)[m.name]
+                if test_loader is not None:
+                    test_value = evaluate(model, test_loader, metric=m, call=call_,
+                                          target=target_, device=device)[m.name]
             if distributed:
-                value = _broadcast_float(value, device)
-            row[f"val_{metric}"] = value
-            improved = not result.best_epoch or value > result.best_metric
-        else:
-            value, improved = float("nan"), True
-        row["time_s"] = time.perf_counter() - t0
+                value, test_value = _broadcast_floats([value, test_value], device)
+        if val_loader is not None:
+            row[f"val_{m.name}"] = value
+            if not math.isfinite(value) and not warned_nan:
+                warned_nan = True
+                log.warning("validation %s is %s in epoch %d (undefined on this split?); "
+                            "model selection skips such epochs.", m.name, value, epoch)
+        if test_loader is not None:
+            row[f"test_{m.name}"] = test_value
+        if sched is not None:
+            row["lr"] = float(opt.param_groups[0]["lr"])
+            _step_scheduler(sched, value)
+        row["time_s"] = train_s
         result.history.append(row)
-        if improved:
+        if val_loader is None or not result.best_epoch or m.better(value, result.best_metric):
             result.best_epoch, result.best_metric = epoch, value
             best_state = copy.deepcopy(model.state_dict())
             if out is not None and main:
-                _save({"model": best_state, "epoch": epoch, "metric": value}, out / "best.pt")
+                save_checkpoint({"model": best_state, "epoch": epoch, "metric": value},
+                                out / "best.pt")
         if main:
             log.info("epoch %d: %s", epoch, ", ".join(f"{k}={v:.4g}" for k, v in row.items()
                                                        if k != "epoch"))
         if out is not None and main:
             # the RNG states here are those at the start of epoch + 1: a resumed run replays
             # the next epoch from its first batch (see "Exact resume" in the docstring)
-            _save({
+            state = {
                 "model": model.state_dict(), "optimizer": opt.state_dict(), "epoch": epoch,
                 "best_epoch": result.best_epoch, "best_metric": result.best_metric,
                 "history": result.history, "rng": torch.get_rng_state(),
-                "rng_states": _rng_state(model, loaders),
-            }, out / "last.pt")
-            _write_log(out / "log.csv", result.history)
+                "rng_states": rng_state(model, loaders),
+            }
+            if sched is not None:
+                state["scheduler"] = sched.state_dict()
+            save_checkpoint(state, out / "last.pt")
+            write_log(out / "log.csv", result.history)
         if distributed:
             dist.barrier()  # rank 0's files are complete before any rank goes on
+    result.test = next((r.get(f"test_{m.name}", float("nan")) for r in result.history
+                        if r["epoch"] == result.best_epoch), float("nan"))
     if restore_best and best_state is not None:
         model.load_state_dict(best_state)
     return result

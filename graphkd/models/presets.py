@@ -1,4 +1,8 @@
-"""Teacher / student presets and a name -> model resolver.
+"""Teacher / student presets and a name -> model resolver (:func:`build_model`).
+
+Two registries (:class:`graphkd.registry.Registry`: names case-insensitive, ``-``/``_``
+ignored): :data:`PRESETS` (a configured model of an architecture) and :data:`MODELS` (the
+architectures, built with their class defaults plus keyword overrides).
 
 =================  =======================================================  ==================
 name               architecture                                             for
@@ -30,6 +34,7 @@ from torch import nn
 from graphkd.models.dgcnn import DGCNN
 from graphkd.models.gnn import GCN, GIN, MLP
 from graphkd.models.pointnet import PointNet
+from graphkd.registry import Registry
 
 __all__ = ["PRESETS", "MODELS", "build_model"]
 
@@ -62,36 +67,36 @@ def _mlp_student(num_classes: int, **kw: Any) -> MLP:
 
 
 #: Preset name -> factory ``(num_classes, **overrides) -> nn.Module``.
-PRESETS: dict[str, Callable[..., nn.Module]] = {
-    "dgcnn_teacher": _dgcnn_teacher,
-    "dgcnn_student": _dgcnn_student,
-    "pointnet_student": _pointnet_student,
-    "gin_teacher": _gin_teacher,
-    "gcn_student": _gcn_student,
-    "mlp_student": _mlp_student,
-}
-
+PRESETS: Registry[Callable[..., nn.Module]] = Registry("model preset")
 #: Architecture name -> class (built with the class defaults plus keyword overrides).
-MODELS: dict[str, type[nn.Module]] = {
-    "dgcnn": DGCNN, "pointnet": PointNet, "gin": GIN, "gcn": GCN, "mlp": MLP,
-}
+MODELS: Registry[type[nn.Module]] = Registry("model architecture")
+
+for _name, _factory in (("dgcnn_teacher", _dgcnn_teacher), ("dgcnn_student", _dgcnn_student),
+                        ("pointnet_student", _pointnet_student), ("gin_teacher", _gin_teacher),
+                        ("gcn_student", _gcn_student), ("mlp_student", _mlp_student)):
+    PRESETS.add(_name, _factory)
+for _name, _cls in (("dgcnn", DGCNN), ("pointnet", PointNet), ("gin", GIN), ("gcn", GCN),
+                    ("mlp", MLP)):
+    MODELS.add(_name, _cls)
 
 
 def build_model(name: str, num_classes: int, **kwargs: Any) -> nn.Module:
     """Build a preset (``"dgcnn_teacher"``) or an architecture (``"dgcnn"``) by name.
 
     Args:
-        name: a key of :data:`PRESETS` or :data:`MODELS` (case-insensitive).
+        name: a name of :data:`PRESETS` or :data:`MODELS` (case-insensitive, ``-``/``_``
+            ignored).
         num_classes: outputs of the head.
         **kwargs: constructor overrides (e.g. ``in_channels=2``, ``k=16``, ``hidden=128``).
 
     Raises:
         ValueError: for an unknown name, listing the valid ones.
     """
-    key = name.lower().replace("-", "_")
-    if key in PRESETS:
-        return PRESETS[key](num_classes, **kwargs)
-    if key in MODELS:
-        return MODELS[key](num_classes=num_classes, **kwargs)
-    raise ValueError(f"unknown model {name!r}; valid presets: {sorted(PRESETS)}; valid "
-                     f"architectures: {sorted(MODELS)}.")
+    preset = PRESETS.find(name)
+    if preset is not None:
+        return PRESETS[preset](num_classes, **kwargs)
+    arch = MODELS.find(name)
+    if arch is not None:
+        return MODELS[arch](num_classes=num_classes, **kwargs)
+    raise ValueError(f"unknown model {name!r}; valid presets: {PRESETS.names()}; valid "
+                     f"architectures: {MODELS.names()}.")

@@ -1,6 +1,6 @@
 """Multi-process students: ``graphkd distill --nproc 2`` and DDP in the experiment loop.
 
-* Two gloo processes run :func:`graphkd.experiment.run_experiment` on a tiny float64 dataset
+* Two gloo processes run :func:`graphkd.pipeline.run_experiment` on a tiny float64 dataset
   (a student alone, and a student distilled with SP + RKD + KD); the trained students of both
   ranks must equal a single-process run over the same global batches (each global batch = the
   two ranks' ``DistributedSampler`` shards of ``batch_size / 2`` samples).
@@ -71,7 +71,7 @@ def _net(num_features: int, num_classes: int, hidden: int) -> nn.Module:
 def _tiny_data(cfg: Any) -> Any:
     from torch_geometric.data import Data
 
-    from graphkd.experiment import DataBundle
+    from graphkd.pipeline import DataBundle
 
     g = torch.Generator().manual_seed(3)
     graphs = [Data(x=torch.randn(3, 4, generator=g, dtype=torch.float64),
@@ -82,7 +82,7 @@ def _tiny_data(cfg: Any) -> Any:
 
 
 def _register() -> None:
-    from graphkd.experiment import register_dataset, register_model
+    from graphkd.pipeline import register_dataset, register_model
 
     register_dataset("nproc_tiny", _tiny_data)
     register_model("nproc_net", _net)
@@ -99,7 +99,7 @@ def _students(hidden: int = 5) -> list[nn.Module]:
 # --------------------------------------------------------------------------- ranks
 def _rank_run(out: str) -> None:
     """Every rank: the whole experiment; saves its trained students and its results."""
-    from graphkd.experiment import run_experiment
+    from graphkd.pipeline import run_experiment
 
     torch.set_num_threads(1)
     assert gd.is_distributed() and gd.world_size() == 2
@@ -120,14 +120,15 @@ def _reference(cfg: ExperimentConfig, method: str) -> dict[str, torch.Tensor]:
     from torch.utils.data.distributed import DistributedSampler
     from torch_geometric.data import Batch
 
-    from graphkd.experiment import _make_student, _optimizer, load_data, train_teacher
+    from graphkd.pipeline import build_optimizer, load_data, train_teacher
+    from graphkd.pipeline.runs import _make_student
 
     data = load_data(cfg.data)
     teacher, rec = train_teacher(cfg, data)  # the checkpoint rank 0 wrote
     assert rec["cached"]
     student, module, step, _ = _make_student(cfg, method, 0, teacher, data,
                                              torch.device("cpu"))
-    opt, _ = _optimizer(module.parameters(), cfg.student.train)
+    opt = build_optimizer(module.parameters(), cfg.student.train)
     per_rank = BATCH // 2
     steps = 0
     for epoch in range(cfg.student.train.epochs):
@@ -171,7 +172,8 @@ def test_two_process_experiment_equals_single_process(tmp_path):
                                            msg=lambda m, n=name, k=method: f"{k} {n}: {m}")
     # the students moved (the comparison is not between untouched initialisations)
     _BUILT.clear()
-    from graphkd.experiment import _make_student, load_data
+    from graphkd.pipeline import load_data
+    from graphkd.pipeline.runs import _make_student
 
     fresh, *_ = _make_student(cfg, "student", 0, None, load_data(cfg.data), torch.device("cpu"))
     trained = ranks[0]["student"]["head.weight"]
@@ -183,8 +185,8 @@ def test_two_process_experiment_equals_single_process(tmp_path):
         assert a["history"]["test"] == b["history"]["test"]
         assert a["history"]["losses"] == b["history"]["losses"]  # averaged over ranks
         assert len(a["history"]["val"]) == 2
-    assert set(ranks[0]["runs"][1]["history"]["losses"][0]) == {"task", "kd", "sp[body]",
-                                                                  "rkd[body]"}
+    assert set(ranks[0]["runs"][1]["history"]["losses"][0]) == {
+        "task", "kd", "sp[body:mean_pool]", "rkd[body:mean_pool]"}
 
 
 # --------------------------------------------------------------------------- CLI
@@ -244,12 +246,12 @@ def test_nproc_errors(tmp_path, monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "4")
     assert main(["distill", "--config", str(config), "--nproc", "2"]) == 2
     monkeypatch.delenv("WORLD_SIZE")
-    from graphkd.experiment import _train_loader
+    from graphkd.pipeline import train_loader
 
     with pytest.raises(ConfigError, match="multiple"):
         monkeypatch.setattr(gd, "world_size", lambda: 3)
         monkeypatch.setattr(gd, "rank", lambda: 0)
-        _train_loader(list(range(10)), 8, 0, distributed=True)
+        train_loader(list(range(10)), 8, 0, distributed=True)
 
 
 # --------------------------------------------------------------------------- graphkd.train.fit
@@ -303,12 +305,12 @@ def test_two_process_fit_equals_single_process(tmp_path):
     os.environ.pop("WORLD_SIZE", None)
     gd.launch(_fit_rank, 2, str(tmp_path), backend="gloo")
     ranks = [torch.load(tmp_path / f"fit{r}.pt", weights_only=False) for r in range(2)]
-    # reference: one process, Adam on the concatenated shards (fit's epochs count from 1)
+    # reference: one process, Adam on the concatenated shards (fit calls set_epoch(0), (1))
     x, y, _, _ = _fit_data()
     d = _fit_distiller()
     start = {n: p.detach().clone() for n, p in d.named_parameters()}
     opt = torch.optim.Adam([p for p in d.parameters() if p.requires_grad], lr=0.01)
-    for epoch in (1, 2):
+    for epoch in (0, 1):
         shards = []
         for r in range(2):
             s = DistributedSampler(range(22), num_replicas=2, rank=r, shuffle=True, seed=0,

@@ -73,7 +73,7 @@ def test_types_and_defaults():
      "config.methods.x.matches: expected a list"),
     ({"methods": {}}, "config.methods: at least one method is required"),
     ({"seeds": [0, "one"]}, "config.seeds[1]: expected an integer, got 'one'"),
-    ({"metric": "f1"}, "config.metric: 'f1' is not one of ['accuracy', 'rocauc']"),
+    ({"metric": "f1"}, "config.metric: 'f1' is not one of ['accuracy', 'macro_f1', 'roc_auc']"),
     ({"data": {"kwargs": {}}}, "config.data.name: required"),
     ({"student": {"model": {}}}, "config.student.model.preset: required"),
 ])
@@ -81,6 +81,18 @@ def test_errors_name_the_entry(patch, message):
     with pytest.raises(ConfigError) as info:
         _load({**BASE, **patch})
     assert message in str(info.value)
+
+
+def test_metric_is_stored_canonically_and_rocauc_warns():
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert _load({**BASE, "metric": "ROC-AUC"}).metric == "roc_auc"
+        assert _load({**BASE, "metric": "macro_f1"}).metric == "macro_f1"
+    with pytest.warns(DeprecationWarning, match=r"config.metric: 'rocauc' is deprecated; "
+                                                r"write 'roc_auc'"):
+        assert _load({**BASE, "metric": "rocauc"}).metric == "roc_auc"
 
 
 def test_unknown_loss_name_is_caught(monkeypatch):

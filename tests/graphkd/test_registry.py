@@ -37,3 +37,16 @@ def test_unknown_name_lists_valid_ones_and_duplicates_are_refused():
     with pytest.raises(ValueError, match="already registered"):
         reg.register("ONE")(type("Other", (), {}))
     assert reg.register("one")(One) is One  # re-registering the same class is harmless
+
+
+def test_add_registers_any_object_untouched_and_find_normalises():
+    reg: Registry = Registry("dataset")
+
+    def load(cfg):
+        return cfg
+
+    assert reg.add("ogbg-molhiv", load) is load and not hasattr(load, "name")
+    assert reg.find("OGBG_MolHIV") == "ogbg-molhiv" and reg.find("cifar") is None
+    assert reg.add("OGBG_molhiv", load) is load and reg.names() == ["ogbg-molhiv"]
+    with pytest.raises(ValueError, match="a dataset named 'ogbgmolhiv' is already registered"):
+        reg.add("ogbgmolhiv", print)

@@ -1,4 +1,5 @@
-"""fit / evaluate / pretrain: metrics, selection, checkpoints, CSV logs, resume, progress."""
+"""fit / evaluate / pretrain: selection, checkpoints, CSV logs, resume, progress, and the hooks
+the experiment pipeline uses (test metric at the best epoch, schedulers, clipping, timing)."""
 
 from __future__ import annotations
 
@@ -12,31 +13,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from torch_geometric.loader import DataLoader as PyGLoader
 
 from graphkd.distill import Distiller, Match, pyg_call
-from graphkd.train import compute_metric, evaluate, fit, load_checkpoint, pretrain
+from graphkd.metrics import Metric
+from graphkd.train import evaluate, fit, load_checkpoint, loss_columns, pretrain
 from tests.graphkd.test_distill import GCN, GIN, make_batch, snapshot
-
-
-# --------------------------------------------------------------------------- metrics
-def test_metrics_known_numbers():
-    logits = torch.tensor([[2.0, 1.0], [0.0, 3.0], [1.0, 0.0], [0.0, 1.0]])
-    y = torch.tensor([0, 1, 1, 1])
-    assert compute_metric("accuracy", logits, y) == 0.75
-    # class 0: P=1/2, R=1 -> F1=2/3; class 1: P=1, R=2/3 -> F1=0.8
-    assert math.isclose(compute_metric("macro_f1", logits, y), (2 / 3 + 0.8) / 2)
-    s = torch.tensor([0.1, 0.4, 0.35, 0.8])
-    yb = torch.tensor([0, 0, 1, 1])
-    assert compute_metric("roc_auc", s[:, None], yb[:, None]) == 0.75  # one logit column
-    two = torch.stack([torch.zeros(4), s], 1)
-    assert compute_metric("roc_auc", two, yb) == 0.75  # softmax[:, 1] of two columns
-    assert compute_metric("accuracy", s[:, None] - 0.3, yb[:, None].float()) == 0.75
-    # multi-task with a missing label (NaN), OGB-style mean over tasks
-    scores = torch.tensor([[0.1, 0.9], [0.4, 0.5], [0.35, 0.2], [0.8, 0.3]])
-    labels = torch.tensor([[0.0, 1.0], [1.0, math.nan], [1.0, 0.0], [0.0, 1.0]])
-    assert compute_metric("roc_auc", scores, labels) == 0.75  # task 0: 0.5, task 1: 1.0
-    three = torch.eye(3).repeat(2, 1) * 5
-    assert compute_metric("roc_auc", three, torch.tensor([0, 1, 2, 0, 1, 2])) == 1.0
-    with pytest.raises(ValueError, match=r"unknown metric 'auc'.*valid"):
-        compute_metric("auc", logits, y)
 
 
 # --------------------------------------------------------------------------- plain models
@@ -143,7 +122,8 @@ def test_fit_distiller_saves_student_and_adapters_only(tmp_path, device):
         assert state and all(k.startswith(("student.", "match_losses.")) for k in state)
         assert any(k.startswith("match_losses.") for k in state)
     rows = list(csv.DictReader((tmp_path / "log.csv").open()))
-    assert {"task", "t_distill_logit_mse", "t_distill_adapter_mse[convs.0]"} <= set(rows[0])
+    assert {"task", "t_distill_logit_mse",
+            "t_distill_adapter_mse[convs.0:mean_pool]"} <= set(rows[0])
     val = PyGLoader(_graphs(8, 1), batch_size=4)
     assert evaluate(d, val)["accuracy"] == evaluate(student, val, call=pyg_call)["accuracy"]
     assert evaluate(d, val)["accuracy"] == res.best_metric
@@ -174,8 +154,117 @@ def test_mhgd_pretraining_trains_heads_only_then_fit_trains_the_student():
     assert not fresh.needs_pretraining()
     assert not any(p.requires_grad for p in fresh.match_losses[0].pretrain_parameters())
     _, losses = d(next(iter(loader)))
-    assert sorted(losses) == ["mhgd[convs.0,convs.1]", "task"]
+    assert sorted(losses) == ["mhgd[convs.0:mean_pool,convs.1:mean_pool]", "task"]
     fit(d, loader, epochs=1, progress=False, optimizer=lambda ps: torch.optim.SGD(ps, lr=0.1))
     assert all(torch.equal(v, mhgd.heads.state_dict()[k]) for k, v in h1.items())
     assert not torch.equal(s0["convs.0.lin.weight"], student.convs[0].lin.weight)
     assert not torch.equal(a0["0.weight"], mhgd.adapters[0].weight)
+
+
+# --------------------------------------------------------------------------- pipeline hooks
+def test_test_loader_is_reported_at_the_selected_epoch(tmp_path):
+    torch.manual_seed(0)
+    model = _mlp()
+    val, test = DataLoader(_tabular(48, seed=1), batch_size=16), DataLoader(_tabular(40, 2))
+    res = fit(model, DataLoader(_tabular(), batch_size=16, shuffle=True), val, epochs=4,
+              lr=0.05, test_loader=test, progress=False, seed=0, out_dir=tmp_path)
+    tests = [row["test_accuracy"] for row in res.history]
+    assert len(tests) == 4 and res.test == tests[res.best_epoch - 1]
+    assert evaluate(model, test)["accuracy"] == res.test  # restored best weights
+    assert loss_columns(res.history[0]) == {"task": res.history[0]["task"]}
+    rows = list(csv.DictReader((tmp_path / "log.csv").open()))
+    assert set(rows[0]) == {"epoch", "loss", "task", "val_accuracy", "test_accuracy", "time_s"}
+
+
+def test_selection_takes_the_first_best_finite_value():
+    """Scripted validation values: NaN epochs are skipped, ties keep the first epoch."""
+    values = iter([float("nan"), 0.2, 0.5, 0.5, 0.1])
+    scripted = Metric("scripted", lambda z, y: next(values))
+    states = []
+
+    class Spy(nn.Module):  # records the weights evaluated after every epoch (one batch)
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            if not self.training:
+                states.append({k: v.clone() for k, v in self.net.state_dict().items()})
+            return self.net(x)
+
+    model = Spy()
+    loader = DataLoader(_tabular(32), batch_size=16)
+    res = fit(model, loader, DataLoader(_tabular(16, 1), batch_size=16), epochs=5, lr=0.1,
+              metric=scripted, progress=False)
+    assert (res.best_epoch, res.best_metric) == (3, 0.5)
+    assert len(states) == 5
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in states[2].items())
+
+
+def test_scheduler_is_stepped_per_epoch_and_resumed_exactly(tmp_path):
+    data = _tabular()
+
+    def run(out, epochs, resume=False):
+        torch.manual_seed(0)
+        model = _mlp()
+        loader = DataLoader(data, batch_size=16, shuffle=True,
+                            generator=torch.Generator().manual_seed(1))
+        res = fit(model, loader, DataLoader(data, batch_size=32), epochs=epochs, out_dir=out,
+                  resume=resume, progress=False, restore_best=False,
+                  optimizer=lambda ps: torch.optim.SGD(ps, lr=0.4),
+                  scheduler=lambda opt: torch.optim.lr_scheduler.StepLR(opt, 1, gamma=0.5))
+        return model, res
+
+    full, res = run(tmp_path / "a", 4)
+    assert [row["lr"] for row in res.history] == [0.4, 0.2, 0.1, 0.05]
+    run(tmp_path / "b", 2)
+    resumed, res_b = run(tmp_path / "b", 4, resume=True)
+    assert [row["lr"] for row in res_b.history] == [0.4, 0.2, 0.1, 0.05]
+    assert all(torch.equal(v, resumed.state_dict()[k]) for k, v in full.state_dict().items())
+    model = _mlp()
+    other = torch.optim.lr_scheduler.StepLR(torch.optim.SGD(model.parameters(), lr=0.1), 1)
+    with pytest.raises(ValueError, match="drives another optimizer"):
+        fit(model, DataLoader(data, batch_size=16), epochs=1, scheduler=other, progress=False)
+
+
+def test_plateau_scheduler_gets_the_validation_value():
+    values = iter([0.5, 0.4, 0.3])
+    res = fit(_mlp(), DataLoader(_tabular(32), batch_size=16),
+              DataLoader(_tabular(16, 1), batch_size=16), epochs=3, progress=False,
+              metric=Metric("scripted", lambda z, y: next(values)),
+              optimizer=lambda ps: torch.optim.SGD(ps, lr=0.4),
+              scheduler=lambda opt: torch.optim.lr_scheduler.ReduceLROnPlateau(
+                  opt, mode="max", factor=0.5, patience=0))
+    assert [row["lr"] for row in res.history] == [0.4, 0.4, 0.2]
+
+
+def test_grad_clip_bounds_every_step():
+    torch.manual_seed(0)
+    model = _mlp()
+    before = torch.cat([p.detach().flatten().clone() for p in model.parameters()])
+    loader = DataLoader(_tabular(64), batch_size=16)  # 4 steps
+    fit(model, loader, epochs=1, grad_clip=1e-3, progress=False,
+        optimizer=lambda ps: torch.optim.SGD(ps, lr=1.0))
+    after = torch.cat([p.detach().flatten() for p in model.parameters()])
+    assert 0 < float((after - before).norm()) <= 4e-3 + 1e-7
+
+
+def test_epoch_time_excludes_evaluation():
+    import time
+
+    class SlowLoader:  # evaluation costs 0.3 s an epoch
+        def __iter__(self):
+            time.sleep(0.3)
+            yield from DataLoader(_tabular(16, 1), batch_size=16)
+
+    res = fit(_mlp(), DataLoader(_tabular(32), batch_size=16), SlowLoader(), epochs=2,
+              progress=False)
+    assert all(0 < row["time_s"] < 0.25 for row in res.history)
+
+
+def test_non_finite_loss_raises_with_the_fix():
+    x = torch.randn(32, 5)
+    x[3, 0] = float("nan")
+    loader = DataLoader(TensorDataset(x, (x[:, 1] > 0).long()), batch_size=16)
+    with pytest.raises(FloatingPointError, match="non-finite training loss in epoch 1.*lower"):
+        fit(_mlp(), loader, epochs=1, progress=False)

@@ -101,9 +101,9 @@ TINY = {
 
 
 def test_cli_distill_with_100_clouds_and_batch_33_completes(tmp_path, capsys, monkeypatch):
-    from graphkd import experiment as ex
     from graphkd.cli import main
     from graphkd.config import load_config
+    from graphkd.pipeline import data as ex
 
     monkeypatch.setattr(ex, "_TAIL_WARNED", set(), raising=False)  # warned once a process
     path = tmp_path / "tiny.yaml"

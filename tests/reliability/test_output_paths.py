@@ -31,7 +31,7 @@ def test_config_refuses_path_like_run_names(bad):
 
 
 def test_plain_run_names_still_work(tmp_path):
-    from graphkd.experiment import run_dir, teacher_path
+    from graphkd.pipeline import run_dir, teacher_path
 
     cfg = load_config(dict(TINY), ["name=my-run_2.v1", f"output_dir={tmp_path / 'out'}"])
     assert run_dir(cfg) == tmp_path / "out" / "my-run_2.v1"
@@ -43,7 +43,7 @@ def test_plain_run_names_still_work(tmp_path):
 def test_run_dir_and_teacher_path_stay_under_output_dir(tmp_path, bad):
     """Even a config built without validation cannot point run_dir/teacher_path elsewhere."""
     from graphkd.config import ExperimentConfig
-    from graphkd.experiment import run_dir, teacher_path
+    from graphkd.pipeline import run_dir, teacher_path
 
     cfg = ExperimentConfig(name=bad, output_dir=str(tmp_path / "out"))
     with pytest.raises(ValueError, match="not a plain name"):
@@ -54,7 +54,7 @@ def test_run_dir_and_teacher_path_stay_under_output_dir(tmp_path, bad):
 
 def test_run_dir_refuses_a_symlink_out_of_the_root(tmp_path):
     from graphkd.config import ExperimentConfig
-    from graphkd.experiment import run_dir
+    from graphkd.pipeline import run_dir
 
     (tmp_path / "out").mkdir()
     (tmp_path / "elsewhere").mkdir()
@@ -64,7 +64,7 @@ def test_run_dir_refuses_a_symlink_out_of_the_root(tmp_path):
 
 
 def test_graphkd_cli_refuses_escaping_name(tmp_path, monkeypatch, capsys):
-    import graphkd.experiment as ex
+    import graphkd.pipeline as ex
     from graphkd.cli import main
 
     def must_not_run(*args, **kwargs):
