@@ -30,6 +30,7 @@ files.
 from __future__ import annotations
 
 import argparse
+import importlib
 import logging
 import os
 import sys
@@ -167,6 +168,7 @@ def _distill_rank(args: argparse.Namespace) -> int:
     """One process of ``--nproc N`` / torchrun (module level, so ``spawn`` can pickle it)."""
     from graphkd import distributed as gd
 
+    import_plugins(getattr(args, "imports", None))  # spawned processes register them too
     if not gd.is_main_process():
         args.quiet, args.no_plot = True, True
     return _run_and_report(_load(args), args.method or None, args.seeds, args)
@@ -287,6 +289,26 @@ def cmd_methods(args: argparse.Namespace) -> int:
 def _add_debug(p: argparse.ArgumentParser, default: object) -> None:
     p.add_argument("--debug", action="store_true", default=default,
                    help="show the full traceback of an error (also: GRAPHKD_DEBUG=1)")
+    p.add_argument("--import", dest="imports", action="append", metavar="MODULE",
+                   default=[] if default is False else argparse.SUPPRESS,
+                   help="import this Python module first, e.g. one that registers your own "
+                        "loss with @graphkd.register('name') (repeatable); configs never "
+                        "import code themselves")
+
+
+def import_plugins(modules: Sequence[str] | None) -> None:
+    """Import the modules named by ``--import`` (they register losses, models, datasets).
+
+    Only the command line can name code to run; a config file cannot.
+
+    Raises:
+        ImportError: a module cannot be imported (the message names it).
+    """
+    for name in modules or ():
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            raise ImportError(f"--import {name}: {exc}") from exc
 
 
 def _common(p: argparse.ArgumentParser, *, config_required: bool) -> None:
@@ -385,6 +407,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     func: Callable[[argparse.Namespace], int] = args.func
     try:
+        import_plugins(getattr(args, "imports", None))
         return func(args)
     except USER_ERRORS as exc:
         if debug_requested(args):

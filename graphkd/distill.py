@@ -33,12 +33,15 @@ it checks calls and paths, builds the heads of ``needs_dims`` methods and runs e
 **Frozen teachers** (``mode="offline"``) stay in ``eval()``, out of ``parameters()`` and
 ``state_dict()``; ``mode="mutual"`` (DML) trains a peer. Two-stage methods
 (``requires_pretraining``, MHGD) get :meth:`Distiller.pretrain_losses`.
+
+Size: this module is longer than the project's ~450-line guide because it holds one cohesive job,
+the Distiller's life cycle (setup dry run, frozen/mutual teachers, per-match feature routing,
+pretraining stage); everything separable lives beside it (:mod:`graphkd.hooks`,
+:mod:`graphkd.inputs`, :mod:`graphkd.losses.custom`).
 """
 
 from __future__ import annotations
 
-import inspect
-import warnings
 import weakref
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import nullcontext
@@ -48,6 +51,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from graphkd._context import NODE_CONTEXT
 from graphkd.hooks import (  # noqa: F401  (FeatureHooks, resolve_module: old names)
     FeatureHooks,
     as_paths,
@@ -57,8 +61,6 @@ from graphkd.hooks import (  # noqa: F401  (FeatureHooks, resolve_module: old na
     split_path,
 )
 from graphkd.inputs import (  # noqa: F401  (old names, re-exported)
-    CONTEXT_KEYS,
-    NODE_CONTEXT,
     Call,
     call_model,
     default_call,
@@ -73,34 +75,10 @@ from graphkd.inputs import (  # noqa: F401  (old names, re-exported)
 )
 from graphkd.inputs import to_device as _to_device  # noqa: F401  (old private name)
 from graphkd.losses.base import LOSSES, DistillLoss, get_loss
+from graphkd.losses.custom import FunctionLoss, check_context_signature
 
 __all__ = ["Match", "Teacher", "Distiller"]
 
-
-
-class _FunctionLoss(DistillLoss):
-    """A plain ``fn(f_s, f_t, **context) -> scalar`` as a method (``Match(method=fn)``)."""
-
-    def __init__(self, fn: Callable, level: str | None, context: Sequence[str] | None) -> None:
-        super().__init__()
-        self.fn = fn
-        params = _parameters(fn)
-        if context is None:  # the context keywords its signature names
-            context = tuple(k for k in CONTEXT_KEYS if k in params)
-        self.context = tuple(context)
-        self.level = level or ("node" if set(self.context) & set(NODE_CONTEXT) else "batch")
-        name = getattr(fn, "__name__", type(fn).__name__)
-        self.name = "custom" if name == "<lambda>" else name.lower()
-
-    def forward(self, f_s: Any, f_t: Any, **context: Any) -> Tensor:
-        return self.fn(f_s, f_t, **context)
-
-
-def _parameters(fn: Callable) -> dict[str, inspect.Parameter]:
-    try:
-        return dict(inspect.signature(fn).parameters)
-    except (TypeError, ValueError):
-        return {}
 
 
 @dataclass
@@ -217,7 +195,7 @@ def _spec(ti: int, m: Match) -> _Spec:
                             f"({method.__name__}(...)) or register it and pass its name.")
         method = method.name
     if callable(method) and not isinstance(method, DistillLoss):
-        method = _FunctionLoss(method, m.level, m.context)
+        method = FunctionLoss(method, m.level, m.context)
     elif not isinstance(method, (str, DistillLoss)):
         raise TypeError(f"Match.method must be a name, a DistillLoss or a function "
                         f"(f_s, f_t, **context) -> scalar, got {type(method).__name__}.")
@@ -231,30 +209,6 @@ def _spec(ti: int, m: Match) -> _Spec:
                          "per graph; hook a node-level layer without ':..._pool'.")
     return _Spec(ti, m, "", method, facts.level, tuple(facts.context),
                  facts.needs_dims and isinstance(method, str), s_pools, t_pools)
-
-
-def _check_signature(loss: nn.Module, key: str) -> None:
-    """The declared ``context`` must be accepted by ``forward``; undeclared context is a hint."""
-    params = _parameters(loss.forward)
-    if not params or isinstance(loss, _FunctionLoss):
-        return
-    cls = type(loss).__name__
-    if not any(p.kind is p.VAR_KEYWORD for p in params.values()):
-        missing = [k for k in loss.context if k not in params]
-        if missing:
-            raise ValueError(
-                f"match {key!r}: {cls}.context declares {missing} but {cls}.forward does not "
-                f"accept {'it' if len(missing) == 1 else 'them'}; add "
-                f"{', '.join(f'{k}=None' for k in missing)} to forward's keyword arguments "
-                "(or remove the name from context).")
-    undeclared = [k for k in CONTEXT_KEYS if k in params and k not in loss.context]
-    if undeclared:
-        warnings.warn(
-            f"match {key!r}: {cls}.forward takes {undeclared} but {cls}.context does not "
-            f"declare {'it' if len(undeclared) == 1 else 'them'}, so the Distiller never "
-            f"passes {'it' if len(undeclared) == 1 else 'them'}; declare "
-            f"context = {tuple(loss.context) + tuple(undeclared)!r} on the class.",
-            stacklevel=4)
 
 
 # --------------------------------------------------------------------------- Distiller
@@ -593,7 +547,7 @@ class Distiller(nn.Module):
             loss = get_loss(spec.method, student_dim=ds, teacher_dim=dt, **m.params)
         else:
             loss = get_loss(spec.method, **m.params)
-        _check_signature(loss, spec.key)
+        check_context_signature(loss, spec.key)
         if device is not None:
             loss = loss.to(device=device, dtype=dtype)  # heads follow the student
         was = loss.training

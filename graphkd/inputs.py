@@ -31,6 +31,8 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from graphkd._context import CONTEXT_KEYS, NODE_CONTEXT
+
 __all__ = [
     "CONTEXT_KEYS",
     "NODE_CONTEXT",
@@ -59,10 +61,6 @@ __all__ = [
 #: How to run a model on a batch: ``call(model, data) -> output``.
 Call = Callable[[nn.Module, Any], Any]
 
-#: The keys :func:`graph_context` reads: the context keywords a method may declare.
-CONTEXT_KEYS = ("batch", "edge_index", "pos", "num_nodes", "num_graphs")
-#: The keys that describe single nodes (a method taking them cannot get pooled features).
-NODE_CONTEXT = ("batch", "edge_index", "pos")
 
 
 # --------------------------------------------------------------------------- type tests

@@ -72,6 +72,41 @@ class Registry(Mapping[str, T], Generic[T]):
         key = _key(name)
         return next((n for n in self._items if _key(n) == key), None)
 
+    def build(self, method: str | object, /, *, instance_of: type | tuple[type, ...] = object,
+              student_dim: int | None = None, teacher_dim: int | None = None,
+              **kwargs: object) -> object:
+        """The one "name or instance" resolution: build a registered class, or pass through.
+
+        Args:
+            method: a registered name (case-insensitive, ``-``/``_`` ignored) or an object
+                that is already an instance of ``instance_of`` (returned as it is).
+            instance_of: what counts as an instance (e.g. ``nn.Module``).
+            student_dim, teacher_dim: feature widths, passed to classes whose ``needs_dims``
+                is true (they build trainable heads), and required for them.
+            **kwargs: the class's constructor arguments.
+
+        Raises:
+            ValueError: unknown name (the message lists the valid ones), hyperparameters given
+                with an instance, or a ``needs_dims`` class without widths.
+            TypeError: ``method`` is neither a name nor an instance.
+        """
+        if not isinstance(method, str):
+            if isinstance(method, instance_of) and not isinstance(method, type):
+                if kwargs:
+                    raise ValueError("hyperparameters go to the constructor when passing an "
+                                     "instance.")
+                return method
+            raise TypeError(f"a {self.kind} must be a name or an instance, got "
+                            f"{type(method).__name__}.")
+        cls = self.get(method)
+        if getattr(cls, "needs_dims", False):
+            if student_dim is None or teacher_dim is None:
+                raise ValueError(
+                    f"{getattr(cls, 'name', method)!r} has trainable heads: pass student_dim= "
+                    "and teacher_dim= (the Distiller does this after its first batch).")
+            kwargs = {"student_dim": student_dim, "teacher_dim": teacher_dim, **kwargs}
+        return cls(**kwargs)  # type: ignore[operator]
+
     def names(self) -> list[str]:
         """Sorted registered names."""
         return sorted(self._items)

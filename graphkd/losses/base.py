@@ -106,18 +106,5 @@ def get_loss(
         ValueError: unknown name (the message lists the valid ones), or a loss with trainable
             heads asked for without widths.
     """
-    if isinstance(method, nn.Module):
-        if kwargs:
-            raise ValueError("hyperparameters go to the constructor when passing an instance.")
-        return method
-    if not isinstance(method, str):
-        raise TypeError(f"method must be a name or a DistillLoss, got {type(method).__name__}.")
-    cls = LOSSES.get(method)
-    if cls.needs_dims:
-        if student_dim is None or teacher_dim is None:
-            raise ValueError(
-                f"{cls.name!r} has trainable heads: pass student_dim= and teacher_dim= "
-                "(the Distiller does this after its first batch)."
-            )
-        kwargs = {"student_dim": student_dim, "teacher_dim": teacher_dim, **kwargs}
-    return cls(**kwargs)
+    return LOSSES.build(method, instance_of=nn.Module, student_dim=student_dim,
+                        teacher_dim=teacher_dim, **kwargs)

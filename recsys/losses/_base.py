@@ -82,20 +82,14 @@ def resolve(registry: Registry[type[nn.Module]], method: str | nn.Module, /,
             **kwargs: Any) -> nn.Module:
     """``registry.get(method)(**kwargs)`` for a name, ``method`` itself for an instance.
 
-    The one "name or instance" resolution of the recsys side (ranking losses here; the same
-    rule as :func:`graphkd.losses.get_loss`, which adds its ``needs_dims`` widths on top).
-    Names are matched by :meth:`graphkd.registry.Registry.get` (case-insensitive, ``-``/``_``
-    ignored).
+    :meth:`graphkd.registry.Registry.build`, the one "name or instance" resolution shared with
+    :func:`graphkd.losses.get_loss` (names case-insensitive, ``-``/``_`` ignored).
 
     Raises:
         ValueError: unknown name (the message lists the valid ones), or hyperparameters given
             with an instance.
     """
-    if isinstance(method, nn.Module):
-        if kwargs:
-            raise ValueError("hyperparameters go to the constructor when passing an instance.")
-        return method
-    return registry.get(method)(**kwargs)
+    return registry.build(method, instance_of=nn.Module, **kwargs)
 
 
 def get_ranking_loss(method: str | RankingLoss, **kwargs) -> RankingLoss:

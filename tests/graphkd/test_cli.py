@@ -139,3 +139,29 @@ def test_wrong_layer_path_fails_before_training(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "methods.lsp" in err and "'convs.9'" in err and "convs.1" in err
     assert not list(out.glob("**/teacher-*.pt"))  # nothing was trained
+
+
+def test_external_loss_by_name_from_config_and_cli(tmp_path, capsys):
+    """A loss registered in a user's module is usable by name from a config through --import."""
+    cfg = {**TINY, "seeds": [0],
+           "methods": {"ext": {"matches": [{"teacher": "convs.1", "student": "convs.0",
+                                            "method": "ext_gram", "weight": 1.0}]}}}
+    path = tmp_path / "ext.yaml"
+    path.write_text(yaml.safe_dump(cfg, sort_keys=False))
+    out = tmp_path / "out"
+    args = ["distill", "--config", str(path), "--output-dir", str(out), "-q"]
+    import sys
+
+    sys.modules.pop("tests.graphkd._external_loss", None)
+    from graphkd.losses import LOSSES
+
+    if "ext_gram" in LOSSES:  # a previous test imported it: start from the user's view
+        pytest.skip("ext_gram already registered in this process")
+    assert main(args) == 2  # unknown without the import
+    assert "ext_gram" in capsys.readouterr().err
+    assert main([*args, "--import", "tests.graphkd._external_loss"]) == 0
+    results = json.loads((out / "tiny" / "results.json").read_text())
+    hist = json.dumps(results)
+    assert "ext_gram[convs.0:mean_pool]" in hist
+    assert main(["--import", "no_such_module_xyz", "methods"]) == 2
+    assert "--import no_such_module_xyz" in capsys.readouterr().err

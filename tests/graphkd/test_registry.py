@@ -50,3 +50,30 @@ def test_add_registers_any_object_untouched_and_find_normalises():
     assert reg.add("OGBG_molhiv", load) is load and reg.names() == ["ogbg-molhiv"]
     with pytest.raises(ValueError, match="a dataset named 'ogbgmolhiv' is already registered"):
         reg.add("ogbgmolhiv", print)
+
+
+def test_build_resolves_names_instances_and_widths():
+    from torch import nn
+
+    from graphkd.registry import Registry
+
+    reg = Registry("widget")
+
+    @reg.register("lin")
+    class Lin(nn.Linear):
+        needs_dims = True
+
+        def __init__(self, student_dim, teacher_dim, bias=True):
+            super().__init__(student_dim, teacher_dim, bias=bias)
+
+    m = reg.build("LIN", instance_of=nn.Module, student_dim=3, teacher_dim=5, bias=False)
+    assert isinstance(m, Lin) and m.weight.shape == (5, 3) and m.bias is None
+    assert reg.build(m, instance_of=nn.Module) is m
+    with pytest.raises(ValueError, match="trainable heads"):
+        reg.build("lin", instance_of=nn.Module)
+    with pytest.raises(ValueError, match="hyperparameters go to the constructor"):
+        reg.build(m, instance_of=nn.Module, bias=False)
+    with pytest.raises(ValueError, match=r"valid names: \['lin'\]"):
+        reg.build("nope")
+    with pytest.raises(TypeError, match="name or an instance"):
+        reg.build(3.0, instance_of=nn.Module)
