@@ -26,6 +26,9 @@ sampler                           distribution
 :func:`pair_sample`               UnKD: position pairs ``i < j`` drawn i.i.d. with
                                   :math:`p(r) \propto e^{-(r+1)/T}` (``T=20``), ``i != j``
 :func:`popularity_groups`         UnKD: items split into groups of equal interaction mass
+:func:`group_interactions`        UnKD: each user's training interactions per group ``[U, G]``
+:func:`split_pair_counts`         UnKD: a total of ``n`` pairs per user split over the groups
+                                  by interaction share (largest remainder)
 ================================  ===========================================================
 """
 
@@ -49,6 +52,8 @@ __all__ = [
     "popularity_groups",
     "group_topk",
     "pair_sample",
+    "group_interactions",
+    "split_pair_counts",
 ]
 
 
@@ -278,7 +283,7 @@ def uniform_items(
         # oversample by the worst allowed fraction among pending rows
         frac = float((avail[pending].double() / num_items).min())
         c = int(math.ceil(n / max(frac, 1e-3) * 1.25)) + 8 << rnd
-        c = min(c, 4 * num_items + 8)
+        c = min(c, max(4 * num_items + 8, 2 * n))  # >= n: draws with replacement may exceed it
         cand = torch.randint(0, num_items, (pending.numel(), c), generator=generator,
                              device=gdev).to(dev)
         valid = ~_is_member(keys, pending.unsqueeze(1) * num_items + cand)
@@ -343,6 +348,7 @@ def student_ranks(
 def discrepancy_sample(
     student_rank: Tensor, k: int, *, temperature: float = 10.0, floor: float = 1e-5,
     generator: torch.Generator | None = None, sort: bool = True,
+    lengths: Tensor | None = None,
 ) -> tuple[Tensor, Tensor]:
     r"""DCD: under- and over-estimated positions of the teacher's top-M.
 
@@ -361,6 +367,10 @@ def discrepancy_sample(
         temperature: ``T=10``.
         floor: minimum weight (``1e-5``, reference).
         sort: return positions ascending (teacher order).
+        lengths: optional ``[U]`` valid prefix length of each row (DCD's item side: a
+            ``strict=False`` top-M whose tail is ``-inf``). Positions ``>= lengths[u]`` get
+            weight 0; a row with fewer than ``k`` valid positions gets all of them plus
+            invalid ones, which sort last (mask them with ``positions < lengths[:, None]``).
 
     Returns:
         ``(under, over)``, each ``[U, k]`` int64 positions.
@@ -373,8 +383,15 @@ def discrepancy_sample(
     diff = (r_s - r_t) / temperature
     w_under = torch.tanh(diff.clamp_min(0)).clamp_min(floor)
     w_over = torch.tanh((-diff).clamp_min(0)).clamp_min(floor)
-    under = gumbel_topk(w_under.log(), k, generator=generator, sort=sort)
-    over = gumbel_topk(w_over.log(), k, generator=generator, sort=sort)
+    log_under, log_over = w_under.log(), w_over.log()
+    if lengths is not None:
+        if lengths.shape != (r_s.shape[0],):
+            raise ValueError(f"`lengths` must be [{r_s.shape[0]}], got {tuple(lengths.shape)}.")
+        invalid = r_t.unsqueeze(0) >= lengths.to(r_s.device).unsqueeze(1)
+        log_under = log_under.masked_fill(invalid, -torch.inf)
+        log_over = log_over.masked_fill(invalid, -torch.inf)
+    under = gumbel_topk(log_under, k, generator=generator, sort=sort)
+    over = gumbel_topk(log_over, k, generator=generator, sort=sort)
     return under, over
 
 
@@ -406,6 +423,58 @@ def popularity_groups(item_counts: Tensor, num_groups: int) -> Tensor:
     before = torch.cumsum(counts[order], 0) - counts[order]
     grp = torch.floor(before * num_groups / total).long().clamp_max(num_groups - 1)
     return torch.empty_like(grp).scatter_(0, order, grp)
+
+
+def group_interactions(history: HistoryLike, item_groups: Tensor, num_groups: int) -> Tensor:
+    """``[U, G]`` int64: each user's number of training interactions in each item group.
+
+    Example:
+        >>> from recsys.softlabels import history_from_interactions
+        >>> h = history_from_interactions(torch.tensor([0, 0, 1]), torch.tensor([1, 2, 2]), 2, 3)
+        >>> group_interactions(h, torch.tensor([0, 0, 1]), 2).tolist()
+        [[1, 1], [0, 1]]
+    """
+    hist = as_history(history, item_groups.numel())
+    grp = item_groups.to(hist.col.device)[hist.col]
+    out = torch.zeros(hist.num_rows * num_groups, dtype=torch.long, device=hist.col.device)
+    out.index_add_(0, hist.row * num_groups + grp, torch.ones_like(grp))
+    return out.view(hist.num_rows, num_groups)
+
+
+def split_pair_counts(weights: Tensor, total: int) -> Tensor:
+    r"""Split ``total`` pairs per user over the groups in proportion to ``weights`` ``[U, G]``
+    (UnKD: the user's interaction count per popularity group), exactly ``total`` per row.
+
+    Largest-remainder (Hamilton) rounding: each group first gets
+    :math:`\lfloor n\,w_g / \sum w \rfloor`, then the pairs left over go one each to the groups
+    with the largest fractional parts (ties to the lower group index, i.e. the more popular
+    band). A row whose weights sum to 0 (a user without training interactions) is split
+    equally, by the same rule.
+
+    Example:
+        >>> split_pair_counts(torch.tensor([[7, 3], [1, 2], [0, 0]]), 30).tolist()
+        [[21, 9], [10, 20], [15, 15]]
+        >>> split_pair_counts(torch.tensor([[1, 1, 1, 1]]), 30).tolist()  # 7.5 each
+        [[8, 8, 7, 7]]
+    """
+    if weights.dim() != 2 or weights.shape[1] < 1:
+        raise ValueError(f"`weights` must be [U, G], got {tuple(weights.shape)}.")
+    if total < 0:
+        raise ValueError(f"`total` must be >= 0, got {total}.")
+    w = weights.to(torch.float64)
+    if bool((w < 0).any()):
+        raise ValueError("`weights` must be non-negative.")
+    g = w.shape[1]
+    w = torch.where(w.sum(1, keepdim=True) > 0, w, torch.ones_like(w))
+    exact = total * w / w.sum(1, keepdim=True)
+    base = torch.floor(exact + 1e-9).clamp_max(total)  # 1e-9: 21.000000000000004 -> 21
+    left = (total - base.sum(1)).long().clamp_min(0)
+    frac = (exact - base).clamp_min(0)
+    # rank the groups by fractional part (desc), ties by index (asc): a stable sort
+    order = torch.sort(-frac, dim=1, stable=True).indices
+    bonus = (torch.arange(g, device=w.device).unsqueeze(0) < left.unsqueeze(1)).to(torch.float64)
+    base = base.scatter_add(1, order, bonus)
+    return base.long()
 
 
 def group_topk(

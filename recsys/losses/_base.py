@@ -36,13 +36,15 @@ __all__ = [
     "check_embeddings",
     "check_output",
     "reduce_rows",
+    "check_num_interactions",
+    "ROW_REDUCTIONS",
 ]
 
 #: name -> loss class; filled by :func:`register`.
 RANKING_LOSSES: Registry[type[RankingLoss]] = Registry("ranking-distillation method")
 
-#: reductions over users (rows) accepted by every ranking loss.
-ROW_REDUCTIONS = ("sum", "mean", "none")
+#: reductions over users (rows) accepted by every ranking loss (see :func:`reduce_rows`).
+ROW_REDUCTIONS = ("sum", "mean", "none", "per_interaction")
 
 
 class RankingLoss(nn.Module):
@@ -171,13 +173,47 @@ def check_output(out: Tensor, *, method: str = "loss", **inputs: Tensor) -> None
     check_loss_output(out, method, list(inputs.values()))
 
 
-def reduce_rows(per_row: Tensor, reduction: str) -> Tensor:
-    """Reduce per-user losses ``[U]``: ``"sum"`` (the references' choice), ``"mean"``,
-    ``"none"`` (graphkd's ``reduce`` semantics without its weighting, for the hot path)."""
+def reduce_rows(per_row: Tensor, reduction: str, *,
+                num_interactions: float | Tensor | None = None) -> Tensor:
+    """Reduce per-user (per-entity) losses ``[U]``.
+
+    * ``"sum"``: the references' choice (a sum over the batch's unique users / entities);
+    * ``"mean"``: over the ``U`` rows;
+    * ``"per_interaction"``: the sum divided by ``num_interactions``, the number of
+      interactions (rows) of the training batch the users came from. With a base loss that is
+      a batch *mean* (RecBole's BPR), ``L_base + lambda * L`` is then exactly the reference's
+      ``(BPR_sum + lambda * sum_u L_u) / B``: the reference's ``lambda`` keeps its meaning
+      (``"mean"`` would scale it by ``B / U``);
+    * ``"none"``: the ``[U]`` values (graphkd's ``reduce`` semantics without its weighting,
+      for the hot path).
+
+    Raises:
+        ValueError: unknown reduction, or ``"per_interaction"`` without a positive
+            ``num_interactions``.
+    """
     if reduction == "sum":
         return per_row.sum()
+    if reduction == "per_interaction":
+        return per_row.sum() / check_num_interactions(num_interactions)
     if reduction == "mean":
         return per_row.mean() if per_row.numel() else per_row.sum()
     if reduction == "none":
         return per_row
     raise ValueError(f"unknown reduction {reduction!r}; valid: {ROW_REDUCTIONS}.")
+
+
+def check_num_interactions(num_interactions: float | Tensor | None) -> float | Tensor:
+    """``num_interactions`` of the ``"per_interaction"`` reduction: a positive number (or a
+    0-d tensor, used as is: no host sync)."""
+    if isinstance(num_interactions, Tensor):
+        if num_interactions.dim() != 0:
+            raise ValueError("`num_interactions` must be a number or a 0-d tensor, got shape "
+                             f"{tuple(num_interactions.shape)}.")
+        return num_interactions
+    if num_interactions is None or isinstance(num_interactions, bool) or not (
+            isinstance(num_interactions, (int, float)) and num_interactions > 0):
+        raise ValueError(
+            "reduction='per_interaction' needs `num_interactions=`, the (positive) number of "
+            f"interactions in the training batch, got {num_interactions!r}."
+        )
+    return num_interactions

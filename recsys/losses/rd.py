@@ -12,8 +12,10 @@ The student is pushed to score the teacher's top-K items high, with a weight per
   (``lam=1``, ``K=10``).
 * ``discrepancy``: :math:`w^b_{u,r} = \max(\tanh(\mu(\hat r_{u,r} - r')), 0)`, ``mu=0.1``, with
   ``r' = r - 1`` the 0-based teacher rank (as both references compare against the column index)
-  and :math:`\hat r` the student's rank of that item estimated from ``eps=100`` uniformly
-  sampled items (:func:`estimate_student_rank`). Used from ``dynamic_start_epoch=10`` on.
+  and :math:`\hat r` the student's rank of that item estimated from ``eps=100`` items sampled
+  uniformly (with replacement) among the items the user has *not* interacted with, as in every
+  reference (:func:`recsys.samplers.uniform_items` with the history and ``replacement=True``;
+  :func:`estimate_student_rank`). Used from ``dynamic_start_epoch=10`` on.
 * ``hybrid``: :math:`w = w^a \cdot w^b` (before ``dynamic_start_epoch``: ``w^a`` only).
 
 Variants (``variant=``):
@@ -86,7 +88,8 @@ def estimate_student_rank(
 
     Args:
         topk_scores: ``[U, K]`` student scores of the teacher's top-K items.
-        sampled_scores: ``[U, eps]`` student scores of ``eps`` sampled items per user.
+        sampled_scores: ``[U, eps]`` student scores of ``eps`` items per user, sampled
+            uniformly outside the user's training history.
         num_items: ``N``.
         variant: ``"original"`` or ``"cf"``.
 
@@ -221,7 +224,8 @@ class RD(RankingLoss):
         if sampled_scores is None or self.num_items is None:
             raise ValueError(
                 "RD's dynamic weights need `sampled_scores` (student scores of "
-                f"{self.num_dynamic_samples} uniformly sampled items per user) and "
+                f"{self.num_dynamic_samples} items per user sampled uniformly outside the "
+                "user's history) and "
                 "`num_items` in the constructor."
             )
         rank = estimate_student_rank(topk_scores.detach(), sampled_scores.detach(),

@@ -1,4 +1,4 @@
-r"""RRD (relaxed ranking distillation, Kang et al. CIKM 2020) and DCD (dual correction, 2021).
+r"""RRD (relaxed ranking distillation, Kang et al. CIKM 2020).
 
 RRD: per user, ``K=40`` "interesting" items sampled from the teacher's top-``M=500``
 unobserved items with :math:`p(r) \propto e^{-r/T}` (``T=10``) and kept **in teacher-rank
@@ -23,12 +23,8 @@ Total: ``L_base + lambda * L_RRD``, ``lambda = 0.001``. The authors
 later reported that sampling the interesting items *uniformly* from the top-M works better:
 ``recsys.samplers.rank_aware_sample(..., temperature=None)``.
 
-DCD: over the teacher's top-``M=500``, with student ranks :math:`r^S` and teacher ranks
-:math:`r^T`, the sampler (``recsys.samplers.discrepancy_sample``) draws ``K=100``
-*under-estimated* items with :math:`p \propto \max(\tanh(\max((r^S - r^T)/T, 0)), 10^{-5})` and
-``K`` *over-estimated* ones with the roles swapped (``T=10``); the loss is the relaxed
-Plackett-Luce of the under-estimated list (teacher order) above the over-estimated items:
-``dcd_loss(under, over) = rrd_loss(under, over)`` (reference: woriazzc/KDs DCD).
+DCD (user- and item-side correction) lives in :mod:`recsys.losses.dcd` and reuses
+:func:`rrd_loss`.
 """
 
 from __future__ import annotations
@@ -49,12 +45,12 @@ from recsys.losses._base import (
     register,
 )
 
-__all__ = ["rrd_loss", "plackett_luce_denominators", "dcd_loss", "RRD", "DCD"]
+__all__ = ["rrd_loss", "plackett_luce_denominators", "RRD"]
 
 
 @full_precision
 def rrd_loss(scores_interesting: Tensor, scores_uninteresting: Tensor, *,
-             reduction: str = "sum") -> Tensor:
+             reduction: str = "sum", num_interactions: float | Tensor | None = None) -> Tensor:
     r"""Relaxed Plackett-Luce loss of an ordered list above a set of negatives.
 
     Args:
@@ -62,7 +58,10 @@ def rrd_loss(scores_interesting: Tensor, scores_uninteresting: Tensor, *,
             rank order (best first).
         scores_uninteresting: ``[U, L]`` student scores of the uninteresting items
             (``L = 0`` allowed: plain Plackett-Luce of the list).
-        reduction: over users: ``"sum"`` (reference), ``"mean"`` or ``"none"``.
+        reduction: over users: ``"sum"`` (reference), ``"per_interaction"`` (the sum divided by
+            ``num_interactions``: the reference's ratio to a batch-mean base loss, see
+            :func:`recsys.losses._base.reduce_rows`), ``"mean"`` or ``"none"``.
+        num_interactions: the training batch's interaction count (``"per_interaction"``).
 
     Returns:
         :math:`\sum_u \sum_k [\log(\sum_{l\ge k} e^{s_l} + \sum_j e^{s_j}) - s_k]`.
@@ -85,7 +84,7 @@ def rrd_loss(scores_interesting: Tensor, scores_uninteresting: Tensor, *,
             fixed = fixed.index_put((rows2,), _exact_rows(s.index_select(0, rows2),
                                                           n.index_select(0, rows2)))
         per_row = per_row.index_put((rows,), fixed)
-    return reduce_rows(per_row, reduction)
+    return reduce_rows(per_row, reduction, num_interactions=num_interactions)
 
 
 def _exact_rows(s: Tensor, n: Tensor) -> Tensor:
@@ -216,22 +215,11 @@ def plackett_luce_denominators(scores: Tensor, extra_lse: Tensor | None = None) 
     return _denominators_reversed(scores, extra, pos, list_graph(u, 1, scores.device)).flip(1)
 
 
-def dcd_loss(scores_under: Tensor, scores_over: Tensor, *, reduction: str = "sum") -> Tensor:
-    """DCD: under-estimated items (teacher order) ranked above the over-estimated ones.
-
-    Args:
-        scores_under: ``[U, K]`` student scores of the sampled under-estimated items, sorted by
-            teacher rank.
-        scores_over: ``[U, K]`` student scores of the sampled over-estimated items.
-        reduction: over users.
-    """
-    check_nonempty("dcd", scores_under, scores_over)
-    return rrd_loss(scores_under, scores_over, reduction=reduction)
-
-
 @register("rrd")
 class RRD(RankingLoss):
-    """RRD module: ``forward(scores_interesting [U,K], scores_uninteresting [U,L])``.
+    """RRD module: ``forward(scores_interesting [U,K], scores_uninteresting [U,L], *,
+    num_interactions=None)`` (``num_interactions``: the batch's interaction count, used by
+    ``reduction="per_interaction"``).
 
     Hyperparameters the trainer reads for sampling: ``k``, ``l``, ``m`` (top-M), ``temperature``
     (``None``: uniform top-M sampling).
@@ -245,20 +233,7 @@ class RRD(RankingLoss):
         self.k, self.l, self.m, self.temperature = k, l, m, temperature
         self.reduction = reduction
 
-    def forward(self, scores_interesting: Tensor, scores_uninteresting: Tensor) -> Tensor:
-        return rrd_loss(scores_interesting, scores_uninteresting, reduction=self.reduction)
-
-
-@register("dcd")
-class DCD(RankingLoss):
-    """DCD module: ``forward(scores_under [U,K], scores_over [U,K])``."""
-
-    inputs = "scores_under [U,K] (teacher order), scores_over [U,K]"
-
-    def __init__(self, k: int = 100, m: int = 500, temperature: float = 10.0,
-                 reduction: str = "sum") -> None:
-        super().__init__()
-        self.k, self.m, self.temperature, self.reduction = k, m, temperature, reduction
-
-    def forward(self, scores_under: Tensor, scores_over: Tensor) -> Tensor:
-        return dcd_loss(scores_under, scores_over, reduction=self.reduction)
+    def forward(self, scores_interesting: Tensor, scores_uninteresting: Tensor, *,
+                num_interactions: float | Tensor | None = None) -> Tensor:
+        return rrd_loss(scores_interesting, scores_uninteresting, reduction=self.reduction,
+                        num_interactions=num_interactions)

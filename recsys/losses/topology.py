@@ -33,36 +33,52 @@ from graphkd._checks import full_precision
 from graphkd.divergences import edge_mse
 from graphkd.graphs import EdgeSet
 from graphkd.kernels import edge_kernel, pairwise_kernel
-from recsys.losses._base import RankingLoss, check_embeddings, register
+from recsys.losses._base import RankingLoss, check_embeddings, check_num_interactions, register
 from recsys.losses.de import ExpertPair
 
 __all__ = ["ftd_loss", "group_relation_graph", "group_prototypes", "htd_loss", "FTD", "HTD"]
 
-_EDGE_REDUCTIONS = ("sum", "mean")
+#: ``"per_interaction"``: the ``"sum"`` divided by ``num_interactions`` (the training batch's
+#: interaction count; see :func:`recsys.losses._base.reduce_rows`)
+_EDGE_REDUCTIONS = ("sum", "mean", "per_interaction")
+
+
+def _check_edge_reduction(reduction: str,
+                          num_interactions: float | Tensor | None
+                          ) -> tuple[str, float | Tensor | None]:
+    """``(reduction to compute, divisor or None)``: ``per_interaction`` computes the sum."""
+    if reduction not in _EDGE_REDUCTIONS:
+        raise ValueError(f"unknown reduction {reduction!r}; valid: {_EDGE_REDUCTIONS}.")
+    if reduction == "per_interaction":
+        return "sum", check_num_interactions(num_interactions)
+    return reduction, None
 
 
 @full_precision
-def ftd_loss(s: Tensor, t: Tensor, *, eps: float = 1e-8, reduction: str = "sum") -> Tensor:
+def ftd_loss(s: Tensor, t: Tensor, *, eps: float = 1e-8, reduction: str = "sum",
+             num_interactions: float | Tensor | None = None) -> Tensor:
     r"""Full topology distillation :math:`\sum_{i,j}(\cos_t(i,j) - \cos_s(i,j))^2`.
 
     Args:
         s: ``[N, d_s]`` student embeddings of the batch entities.
         t: ``[N, d_t]`` teacher embeddings of the same entities (constants).
         eps: norm floor of the cosine.
-        reduction: over the ``N**2`` edges: ``"sum"`` (reference) or ``"mean"``.
+        reduction: over the ``N**2`` edges: ``"sum"`` (reference), ``"per_interaction"``
+            (the sum divided by ``num_interactions``) or ``"mean"``.
+        num_interactions: the training batch's interaction count (``"per_interaction"``).
 
     Example:
         >>> ftd_loss(torch.eye(3), torch.eye(3))
         tensor(0.)
     """
     check_embeddings(s, t, "ftd")
-    if reduction not in _EDGE_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {_EDGE_REDUCTIONS}.")
+    reduction, divisor = _check_edge_reduction(reduction, num_interactions)
     edges = EdgeSet.dense(s.shape[0], device=s.device)
     with torch.no_grad():
         w_t = edge_kernel(t, edges, "cosine", eps=eps)
     w_s = edge_kernel(s, edges, "cosine", eps=eps)
-    return edge_mse(w_s, w_t, edges, reduction=reduction)
+    loss = edge_mse(w_s, w_t, edges, reduction=reduction)
+    return loss if divisor is None else loss / divisor
 
 
 #: up to this many entity pairs, same-group cosines are read from one dense matmul
@@ -124,7 +140,8 @@ def group_prototypes(x: Tensor, groups: Tensor, num_groups: int) -> Tensor:
 @full_precision
 def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = None,
              level: str = "pp", eps: float = 1e-8, positive_mask: bool = False,
-             detach_prototypes: bool = False, reduction: str = "sum") -> Tensor:
+             detach_prototypes: bool = False, reduction: str = "sum",
+             num_interactions: float | Tensor | None = None) -> Tensor:
     r"""Hierarchical topology distillation ``L_entity + L_group`` (no group-assignment term).
 
     Args:
@@ -137,14 +154,15 @@ def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = N
         eps: cosine norm floor.
         positive_mask: reference quirk (drop same-group pairs with teacher cosine <= 0).
         detach_prototypes: reference quirk (no gradient through the prototypes).
-        reduction: ``"sum"`` of both terms' squared errors (reference) or ``"mean"`` (the sum
-            of each term's mean).
+        reduction: ``"sum"`` of both terms' squared errors (reference), ``"per_interaction"``
+            (that sum divided by ``num_interactions``) or ``"mean"`` (the sum of each term's
+            mean).
+        num_interactions: the training batch's interaction count (``"per_interaction"``).
     """
     check_embeddings(s, t, "htd")
     if level not in ("pp", "pe"):
         raise ValueError(f"unknown HTD level {level!r}; valid: 'pp', 'pe'.")
-    if reduction not in _EDGE_REDUCTIONS:
-        raise ValueError(f"unknown reduction {reduction!r}; valid: {_EDGE_REDUCTIONS}.")
+    reduction, divisor = _check_edge_reduction(reduction, num_interactions)
     if groups.shape != (s.shape[0],):
         raise ValueError(f"`groups` must have shape ({s.shape[0]},), got {tuple(groups.shape)}.")
     g = int(groups.max()) + 1 if num_groups is None else num_groups
@@ -167,13 +185,14 @@ def htd_loss(s: Tensor, t: Tensor, groups: Tensor, *, num_groups: int | None = N
         g_t = pairwise_kernel(p_t, t, "cosine", eps=eps)
         g_s = pairwise_kernel(p_s, s, "cosine", eps=eps)
     group = edge_mse(g_s.reshape(-1), g_t.reshape(-1), reduction=reduction)
-    return entity + group
+    return entity + group if divisor is None else (entity + group) / divisor
 
 
 @register("ftd")
 class FTD(RankingLoss):
-    """FTD module: ``forward(s_users, t_users, s_items, t_items)`` on the batch's unique users
-    and items (concatenated into one entity set)."""
+    """FTD module: ``forward(s_users, t_users, s_items, t_items, *, num_interactions=None)`` on
+    the batch's unique users and items (concatenated into one entity set;
+    ``num_interactions`` for ``reduction="per_interaction"``)."""
 
     inputs = "s_users [Bu,d_s], t_users [Bu,d_t], s_items [Bi,d_s], t_items [Bi,d_t] (unique)"
 
@@ -181,18 +200,22 @@ class FTD(RankingLoss):
         super().__init__()
         self.eps, self.reduction = eps, reduction
 
-    def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor,
-                t_items: Tensor) -> Tensor:
+    def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor, t_items: Tensor, *,
+                num_interactions: float | Tensor | None = None) -> Tensor:
         return ftd_loss(torch.cat([s_users, s_items]), torch.cat([t_users, t_items]),
-                        eps=self.eps, reduction=self.reduction)
+                        eps=self.eps, reduction=self.reduction,
+                        num_interactions=num_interactions)
 
 
 @register("htd")
 class HTD(ExpertPair):
     """HTD module: ``alpha * L_TD + (1 - alpha) * L_GA`` with DE-style group assignment.
 
-    ``forward(s_users, t_users, s_items, t_items)`` on the batch's unique users and items. User
-    groups are ``0..E-1``, item groups ``E..2E-1`` (hard argmax of each side's selection net).
+    ``forward(s_users, t_users, s_items, t_items, *, num_interactions=None)`` on the batch's
+    unique users and items (``num_interactions`` for ``reduction="per_interaction"``, which
+    divides both terms' sums by it). User groups are ``0..E-1``, item groups ``E..2E-1`` (hard
+    argmax of each side's selection net). The assignment experts' temperature anneals over
+    ``anneal_epochs=100`` epochs (the reference's TD notebook).
     """
 
     inputs = "s_users [Bu,d_s], t_users [Bu,d_t], s_items [Bi,d_s], t_items [Bi,d_t] (unique)"
@@ -200,20 +223,24 @@ class HTD(ExpertPair):
     def __init__(self, student_dim: int, teacher_dim: int, num_experts: int = 30,
                  alpha: float = 0.5, level: str = "pp", eps: float = 1e-8,
                  positive_mask: bool = False, detach_prototypes: bool = False,
-                 t_start: float = 1.0, t_end: float = 1e-10, reduction: str = "sum") -> None:
+                 t_start: float = 1.0, t_end: float = 1e-10, reduction: str = "sum",
+                 anneal_epochs: int | None = 100, expert_path: str = "auto") -> None:
         super().__init__(student_dim, teacher_dim, num_experts, t_start=t_start, t_end=t_end,
-                         reduction=reduction)
+                         reduction=reduction, anneal_epochs=anneal_epochs,
+                         expert_path=expert_path)
         self.num_experts, self.alpha, self.level, self.eps = num_experts, alpha, level, eps
         self.positive_mask, self.detach_prototypes = positive_mask, detach_prototypes
 
-    def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor,
-                t_items: Tensor) -> Tensor:
+    def forward(self, s_users: Tensor, t_users: Tensor, s_items: Tensor, t_items: Tensor, *,
+                num_interactions: float | Tensor | None = None) -> Tensor:
         # both terms reduce alike (the DE term used to always sum)
-        ga = self.assignment_loss(s_users, t_users, s_items, t_items)
+        ga = self.assignment_loss(s_users, t_users, s_items, t_items,
+                                  num_interactions=num_interactions)
         groups = torch.cat([self.users.assign(t_users),
                             self.items.assign(t_items) + self.num_experts])
         td = htd_loss(torch.cat([s_users, s_items]), torch.cat([t_users, t_items]), groups,
                       num_groups=2 * self.num_experts, level=self.level, eps=self.eps,
                       positive_mask=self.positive_mask,
-                      detach_prototypes=self.detach_prototypes, reduction=self.reduction)
+                      detach_prototypes=self.detach_prototypes, reduction=self.reduction,
+                      num_interactions=num_interactions)
         return self.alpha * td + (1 - self.alpha) * ga

@@ -272,13 +272,15 @@ def test_rrd_bad_input():
 # ----------------------------------------------------------------------------- UnKD
 def test_unkd_matches_reference_with_mask():
     si, sj = _rand(5, 6, seed=13), _rand(5, 6, seed=14)
-    ref = (-torch.log(torch.sigmoid(si - sj))).mean(-1).sum()
-    assert torch.allclose(unkd_loss(si, sj), ref)
+    ref = (-torch.log(torch.sigmoid(si - sj))).mean(-1)
+    # the reference's torch.mean over users (issue 13 item 4; the default was a sum)
+    assert torch.allclose(unkd_loss(si, sj), ref.mean())
+    assert torch.allclose(unkd_loss(si, sj, reduction="sum"), ref.sum())
     valid = torch.rand(5, 6, generator=torch.Generator().manual_seed(0)) > 0.4
     valid[0] = False
     per = torch.stack([(-torch.log(torch.sigmoid(si[u] - sj[u])))[valid[u]].mean()
                        if valid[u].any() else si.new_zeros(()) for u in range(5)])
-    assert torch.allclose(UnKD()(si, sj, valid), per.sum())
+    assert torch.allclose(UnKD()(si, sj, valid), per.mean())
     assert gradcheck(lambda a, b: unkd_loss(a, b, valid=valid[1:3, :3]),
                      (si[1:3, :3].detach().requires_grad_(), sj[1:3, :3].detach().requires_grad_()))
     with pytest.raises(ValueError, match="valid"):

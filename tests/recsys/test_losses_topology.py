@@ -89,7 +89,13 @@ def test_anneal_temperature_matches_reference_schedule():
     for e in [0, 3, 10, 50, 100]:
         ref = max(end_t * anneal * ((1.0 / anneal) ** (e / 100)), end_t)
         assert abs(anneal_temperature(e, 100) - ref) <= 1e-12 * max(ref, 1e-300) + 1e-24
+    # by default over the reference's fixed horizon (max_epoch=1000), whatever num_epochs
     m = DE(4, 8, num_experts=3)
+    m.set_epoch(50, 100)
+    ref = max(end_t * anneal * ((1.0 / anneal) ** (50 / 1000)), end_t)
+    assert m.users.tau == m.items.tau == pytest.approx(ref, rel=1e-12)
+    # anneal_epochs=None: over the num_epochs given (the configured epoch count)
+    m = DE(4, 8, num_experts=3, anneal_epochs=None)
     m.set_epoch(50, 100)
     assert abs(m.users.tau - 1e-5) < 1e-12 and abs(m.items.tau - 1e-5) < 1e-12
 
@@ -208,9 +214,9 @@ def test_group_relation_graph_matches_dense_mask():
 
 def test_de_and_htd_build_the_same_expert_pair():
     torch.manual_seed(3)
-    de = DE(3, 6, num_experts=2, t_end=1e-4, reduction="mean").double()
+    de = DE(3, 6, num_experts=2, t_end=1e-4, reduction="mean", anneal_epochs=None).double()
     torch.manual_seed(3)
-    htd = HTD(3, 6, num_experts=2, t_end=1e-4, reduction="mean").double()
+    htd = HTD(3, 6, num_experts=2, t_end=1e-4, reduction="mean", anneal_epochs=None).double()
     assert isinstance(de, ExpertPair) and isinstance(htd, ExpertPair)
     assert DE.needs_dims and HTD.needs_dims and not FTD.needs_dims
     # same parameters under the same names (checkpoints keep their keys), same initial values

@@ -241,3 +241,16 @@ def test_group_topk_matches_dense():
     assert torch.equal(lengths, torch.isfinite(v[:, :10]).sum(1))
     assert lengths.tolist() == [9, 10, 9, 10, 8, 10]  # history in group 1: items 4; 1; 10, 13
     assert math.isinf(top.scores[4, -1].item())
+
+
+def test_uniform_items_with_replacement_more_draws_than_items():
+    """n > 4 * num_items + 8 with replacement (RD on a tiny catalogue) used to crash."""
+    from recsys.samplers import uniform_items
+
+    g = torch.Generator().manual_seed(0)
+    history = (torch.tensor([0, 0, 2]), torch.tensor([1, 2]))  # CSR: user 1 saw items 1, 2
+    out = uniform_items(torch.tensor([0, 1]), 5, 100, history=history, replacement=True,
+                        generator=g)
+    assert out.shape == (2, 100)
+    assert set(out[0].tolist()) <= {1, 2, 3, 4} and set(out[1].tolist()) <= {3, 4}
+    assert set(out[1].tolist()) == {3, 4}

@@ -30,6 +30,13 @@ PROMISES = {
 }
 
 
+def _first_sentence(doc: str) -> str:
+    """The docstring's first sentence (its first paragraph up to the first full stop)."""
+    para = " ".join(doc.strip().split("\n\n")[0].split())
+    end = para.find(". ")
+    return para if end < 0 else para[:end + 1]
+
+
 def rows() -> list[str]:
     out = []
     for path in sorted(Path(__file__).parent.glob("test_*.py")):
@@ -38,9 +45,8 @@ def rows() -> list[str]:
         tree = ast.parse(path.read_text(encoding="utf-8"))
         for node in tree.body:
             if isinstance(node, ast.FunctionDef) and node.name.startswith("test_"):
-                doc = (ast.get_docstring(node) or "").strip().splitlines()
                 what = node.name[len("test_"):].replace("_", " ")
-                note = doc[0].replace("|", "\\|") if doc else ""
+                note = _first_sentence(ast.get_docstring(node) or "").replace("|", "\\|")
                 out.append(f"| {PROMISES.get(path.name, path.stem)} | `{path.name}::{node.name}`"
                            f" | {what}{' — ' + note if note else ''} |")
     return out

@@ -19,7 +19,7 @@ SMALL = {
     "rd": {"k": 5, "dynamic_start_epoch": 0, "num_dynamic_samples": 20},
     "cd": {"sample_num": 50, "n_distill": 3},
     "rrd": {"k": 6, "l": 5, "m": 30},
-    "dcd": {"k": 5, "m": 30},
+    "dcd": {"k": 5, "m": 30, "item_k": 4, "item_m": 15},
     "unkd": {"num_groups": 2, "n_distill": 3, "m": 20},
     "de": {"num_experts": 3, "max_entities": None},
     "ftd": {"max_entities": None},
@@ -93,7 +93,7 @@ def test_config_merge_order(base_config, tmp_path):
     assert cfg["distill_weight"] == 0.2 and cfg["student"] == "NeuMF"
     # distill_params merge key by key over the method's YAML
     assert cfg["distill_params"] == {"k": 7, "l": 40, "m": 500, "temperature": 10.0,
-                                     "reduction": "mean"}
+                                     "reduction": "per_interaction"}
     cfg = build_config("BPR", "tiny", method="rrd", config_file_list=[str(user_file)],
                        config_dict={**base_config, "distill_weight": 0.5})
     assert cfg["distill_weight"] == 0.5  # config_dict beats files
@@ -120,8 +120,10 @@ def test_rrd_samples_and_value(setups):
         assert ranks == sorted(ranks)  # teacher order
         assert set(boring[u].tolist()).isdisjoint(set(t) | hist[u] | {0})
     value = ad(batch)
+    # per_interaction (default): the sum over the batch's users / its interaction count
     expected = _relaxed_pl(_pair(model.student, users, interesting[users]),
                            _pair(model.student, users, boring[users]))
+    expected = expected * users.numel() / batch["user_id"].numel()
     torch.testing.assert_close(value, expected, rtol=1e-5, atol=1e-5)
     # resampled each epoch, reproducibly
     first = interesting.clone()
@@ -174,15 +176,36 @@ def test_cd_value(setups):
 
 
 def test_dcd_value(setups):
+    """User side + item side (the item side was missing before: issue 13 item 3)."""
     cfg, model, batch = setups("dcd")
     under, over = model.distill.tables
     users = torch.unique(batch["user_id"])
     top = model.ctx.soft_labels.indices
     for u in users.tolist()[:5]:
         assert set(under[u].tolist()) <= set(top[u].tolist())
-    expected = _relaxed_pl(_pair(model.student, users, under[users]),
-                           _pair(model.student, users, over[users]))
-    torch.testing.assert_close(model.distill(batch), expected, rtol=1e-5, atol=1e-5)
+    b = batch["user_id"].numel()  # reduction "per_interaction": sums over rows / b
+    user_part = _relaxed_pl(_pair(model.student, users, under[users]),
+                            _pair(model.student, users, over[users])) * users.numel() / b
+    # item side: each batch item's sampled users, outside the item's training users
+    i_under, i_over, v_under, v_over = model.distill.item_tables
+    items = torch.unique(batch["item_id"])
+    hist = _history_sets(model)
+    t_u, t_i = _emb(model.teacher)
+    s_u, s_i = _emb(model.student)
+    parts = []
+    for i in items.tolist():
+        trained = {u for u in range(len(hist)) if i in hist[u]}
+        chosen = i_under[i][v_under[i]].tolist()
+        assert set(chosen).isdisjoint(trained | {0})
+        t = (t_u[chosen] @ t_i[i]).tolist()
+        assert t == sorted(t, reverse=True)  # teacher order
+        s = s_u[i_under[i]] @ s_i[i]
+        n = s_u[i_over[i]] @ s_i[i]
+        if v_under[i].any():
+            parts.append(_relaxed_pl([s[v_under[i]]], [n[v_over[i]]]))
+    item_part = torch.stack(parts).sum() / b
+    torch.testing.assert_close(model.distill(batch), user_part + item_part,
+                               rtol=1e-5, atol=1e-5)
 
 
 def test_unkd_pairs_and_value(setups):
@@ -206,7 +229,10 @@ def test_unkd_pairs_and_value(setups):
     s_j = _pair(model.student, users, items_j[users])
     v = valid[users].float()
     per_user = (-F.logsigmoid(s_i - s_j) * v).sum(1) / v.sum(1).clamp_min(1)
-    torch.testing.assert_close(model.distill(batch), per_user.mean(), rtol=1e-5, atol=1e-5)
+    # mean over the batch's interactions (issue 13 item 4; was: over unique users)
+    n_u = torch.stack([(batch["user_id"] == u).sum() for u in users]).float()
+    expected = (n_u * per_user).sum() / batch["user_id"].numel()
+    torch.testing.assert_close(model.distill(batch), expected, rtol=1e-5, atol=1e-5)
 
 
 def test_ftd_value(setups):
@@ -233,12 +259,13 @@ def test_de_value_and_annealing(setups):
     torch.manual_seed(3)
     value = ad(batch)
     torch.manual_seed(3)
-    expected = ad.loss(su[users], tu[users], si[pos], ti[pos], si[neg], ti[neg])
+    expected = ad.loss(su[users], tu[users], si[pos], ti[pos], si[neg], ti[neg],
+                       num_interactions=batch["user_id"].numel())
     assert isinstance(ad.loss, DE)
     torch.testing.assert_close(value, expected, rtol=0, atol=0)
-    epochs = cfg["epochs"]
+    # annealed over the reference's max_epoch=1000, not the configured epochs
     ad.on_epoch_start(1)
-    assert ad.loss.users.tau == pytest.approx(1.0 * (1e-10 / 1.0) ** (1 / epochs))
+    assert ad.loss.users.tau == pytest.approx(1.0 * (1e-10 / 1.0) ** (1 / 1000))
     # the experts are trainable parts of the model (saved with the student, optimised)
     assert any(k.startswith("distill.loss.users") for k in model.state_dict())
 
