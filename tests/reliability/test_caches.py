@@ -5,7 +5,8 @@
 - The memory-mapped store detects overwritten / truncated data files (sizes + blake2b digests
   recorded when written), warns once and rebuilds.
 - The cache key covers the score function, not only the teacher's weights.
-- Checkpoints and benchmark results are written atomically, also by concurrent writers.
+- Checkpoints and benchmark results are written atomically, also by concurrent writers; a
+  benchmark run is held by one worker at a time.
 """
 
 from __future__ import annotations
@@ -281,19 +282,27 @@ def test_concurrent_checkpoint_saves_never_collide(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["ck.pth"]  # no temporary file left
 
 
-def test_benchmark_results_updates_are_serialised(tmp_path, monkeypatch):
-    import benchmarks.recbole_ml100k as bench
+def test_benchmark_run_claims_are_exclusive(tmp_path):
+    """The RecBole grids write one file per run (atomically) and let one worker at a time hold
+    a run: of several threads claiming the same run, exactly one gets it while it is held."""
+    from argparse import Namespace
 
-    monkeypatch.setattr(bench, "JSON_PATH", tmp_path / "results.json")
+    from benchmarks.recbole_grid import Bench, claim
 
-    def add(i: int) -> None:
-        for j in range(5):
-            bench._update(lambda d, i=i, j=j: d["runs"].append([i, j]))
+    args, bench = Namespace(run_dir=str(tmp_path)), Bench("b", "tiny", "tiny")
+    barrier = threading.Barrier(4)
+    got: list[bool] = []
 
-    threads = [threading.Thread(target=add, args=(i,)) for i in range(4)]
+    def try_claim() -> None:
+        with claim(args, bench, "none-lr0.01-s0-abc") as mine:
+            got.append(mine)
+            barrier.wait()  # every thread tries while the others still hold (or lost) it
+
+    threads = [threading.Thread(target=try_claim) for _ in range(4)]
     for t in threads:
         t.start()
     for t in threads:
         t.join()
-    runs = json.loads((tmp_path / "results.json").read_text())["runs"]
-    assert sorted(map(tuple, runs)) == [(i, j) for i in range(4) for j in range(5)]
+    assert sorted(got) == [False, False, False, True]
+    with claim(args, bench, "none-lr0.01-s0-abc") as mine:  # released afterwards
+        assert mine
