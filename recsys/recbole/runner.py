@@ -120,6 +120,22 @@ def check_dataset_name(dataset: str) -> str:
                          "choose the data root with data_path or $GRAPHKD_DATA.") from None
 
 
+def deep_merge(base: dict, override: dict) -> dict:
+    """``base`` updated by ``override``, nested dicts merged key by key (not replaced).
+
+    Example:
+        >>> deep_merge({"de": {"weight": 1.0, "max_entities": 512}}, {"de": {"anneal_epochs": 1}})
+        {'de': {'weight': 1.0, 'max_entities': 512, 'anneal_epochs': 1}}
+    """
+    out = dict(base)
+    for key, value in override.items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = deep_merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
 def build_config(model: Any, dataset: str, *, method: str | None = None,
                  config_file_list: list[str] | None = None,
                  config_dict: dict[str, Any] | None = None) -> Any:
@@ -149,7 +165,7 @@ def build_config(model: Any, dataset: str, *, method: str | None = None,
     config = make_config(model, dataset, config_file_list=files, config_dict=user)
     if method is not None:
         shipped = _read_yaml(method_yaml(method)).get("distill_params") or {}
-        config["distill_params"] = {**shipped, **(config["distill_params"] or {})}
+        config["distill_params"] = deep_merge(shipped, config["distill_params"] or {})
         config["distill_method"] = str(method).lower()
     return config
 

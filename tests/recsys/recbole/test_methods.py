@@ -97,6 +97,12 @@ def test_config_merge_order(base_config, tmp_path):
     cfg = build_config("BPR", "tiny", method="rrd", config_file_list=[str(user_file)],
                        config_dict={**base_config, "distill_weight": 0.5})
     assert cfg["distill_weight"] == 0.5  # config_dict beats files
+    # nested parts (de_rrd: {de: {...}, rrd: {...}}) merge key by key too
+    shipped = build_config("BPR", "tiny", method="de_rrd", config_dict=base_config)
+    cfg = build_config("BPR", "tiny", method="de_rrd", config_dict={
+        **base_config, "distill_params": {"de": {"anneal_epochs": 1}}})
+    assert cfg["distill_params"]["de"] == {**shipped["distill_params"]["de"], "anneal_epochs": 1}
+    assert cfg["distill_params"]["rrd"] == shipped["distill_params"]["rrd"]
 
 
 # ----------------------------------------------------------------------------- values
