@@ -52,6 +52,7 @@ import torch
 from torch import Tensor, nn
 
 from graphkd._context import NODE_CONTEXT
+from graphkd.graphs import EdgeSet
 from graphkd.hooks import (  # noqa: F401  (FeatureHooks, resolve_module: old names)
     FeatureHooks,
     as_paths,
@@ -164,6 +165,17 @@ class Teacher:
     call: Call | None = None
     name: str | None = None
     logits: bool = True
+
+
+def _input_graph(cache: dict[tuple, EdgeSet], kwargs: dict[str, Any], f_t: Any) -> EdgeSet:
+    """The EdgeSet of the batch's ``edge_index`` over the match's nodes, built on first use
+    and shared by every match on the same graph (the same tensors and node count)."""
+    n = (f_t[0] if isinstance(f_t, (tuple, list)) else f_t).shape[0]
+    edge_index, batch = kwargs["edge_index"], kwargs.get("batch")
+    key = (id(edge_index), id(batch), n)
+    if key not in cache:
+        cache[key] = EdgeSet.from_edge_index(edge_index, n, batch=batch)
+    return cache[key]
 
 
 def _method_name(method: Any) -> str:
@@ -600,8 +612,12 @@ class Distiller(nn.Module):
                     z_t = logits_of(t_outs[i]).detach()
                     losses[self._prefix[i] + self.logits_name] = (
                         self.logits_weight * t.weight * self.logits_loss(z_s, z_t))
+        input_graphs: dict[tuple, EdgeSet] = {}  # built once per batch, shared by matches
         for spec, loss in zip(self._specs, self.match_losses):
             f_s, f_t, kwargs = self._inputs(spec, s_feats, t_feats[spec.teacher], ctx)
+            if kwargs.get("edge_index") is not None and getattr(loss, "takes_input_edges",
+                                                                False):
+                kwargs["edges"] = _input_graph(input_graphs, kwargs, f_t)
             w = spec.match.weight * self._teachers[spec.teacher].weight
             losses[spec.key] = w * loss(f_s, f_t, **kwargs)
         if self.mode == "mutual":

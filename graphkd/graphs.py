@@ -28,6 +28,7 @@ Both regular and irregular paths give identical results; the tests check it.
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass, replace
 
 import torch
@@ -39,6 +40,27 @@ __all__ = ["EdgeSet"]
 
 #: Default number of distance-matrix entries one kNN chunk may hold (2**24 floats = 64 MiB).
 KNN_CHUNK_ELEMENTS = 1 << 24
+
+
+# ``edge_index`` tensors whose values passed :func:`check_index` for a node count, keyed by
+# ``id`` with a weak reference (a tensor is not a dict key: ``==`` is elementwise) and the
+# tensor's version counter (an in-place change invalidates the entry).
+_VALIDATED: dict[int, tuple[weakref.ref, int, int]] = {}
+
+
+def _was_validated(edge_index: Tensor, num_nodes: int) -> bool:
+    entry = _VALIDATED.get(id(edge_index))
+    return (entry is not None and entry[0]() is edge_index
+            and entry[1:] == (edge_index._version, num_nodes))
+
+
+def _mark_validated(edge_index: Tensor, num_nodes: int) -> None:
+    key = id(edge_index)
+    try:
+        ref = weakref.ref(edge_index, lambda _, k=key: _VALIDATED.pop(k, None))
+    except TypeError:  # pragma: no cover - a tensor subclass without weak references
+        return
+    _VALIDATED[key] = (ref, edge_index._version, num_nodes)
 
 
 @dataclass(frozen=True, eq=False)
@@ -284,7 +306,13 @@ class EdgeSet:
             raise ValueError(f"`edge_index` must be [2, E], got shape {tuple(edge_index.shape)}.")
         if num_nodes is None:
             num_nodes = int(edge_index.max()) + 1 if edge_index.numel() else 0
-        out = cls.from_rows(edge_index[1], edge_index[0], num_nodes, num_nodes)
+        if _was_validated(edge_index, num_nodes):
+            # the same, unmodified tensor passed the range check before: skip its host syncs
+            row, perm = torch.sort(edge_index[1].long(), stable=True)
+            out = cls._from_sorted(row, edge_index[0].long()[perm], num_nodes, num_nodes)
+        else:
+            out = cls.from_rows(edge_index[1], edge_index[0], num_nodes, num_nodes)
+            _mark_validated(edge_index, num_nodes)
         return out.with_batch(batch) if batch is not None else out
 
     @classmethod

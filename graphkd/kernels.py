@@ -20,9 +20,12 @@ Paths: a dense EdgeSet evaluates the full ``[R, C]`` kernel matrix with one matm
 (:func:`pairwise_kernel`) and drops the diagonal by a reshape when ``loop=False``; a graph whose
 edges stay inside blocks of ``block_size`` consecutive nodes (kNN graphs of a batch of
 equal-size point clouds, and their unions) evaluates each block's ``[P, P]`` kernel with one
-batched matmul and picks its edges, when that is cheaper than a gather (``2 R P <= E D``); a
-regular one gathers ``[R, K, D]`` column features against ``[R, 1, D]`` row features; an
-irregular one gathers ``[E, D]`` on both sides.
+batched matmul and picks its edges, when that is cheaper than a gather (``2 R P <= E D``);
+other graphs gather the edges' features in chunks of edges with a fused autograd function
+(:class:`_EdgeReduce`: the per-edge reduction ``sum|a - b|``, ``sum (a - b)^2`` or ``a . b``, then
+the kernel's outer function on ``[E]``), so that no ``[E, D]`` tensor is allocated or saved for
+backward, which regathers each chunk (a regular graph reads its row features as a broadcast
+view, without a gather).
 
 Precision: float16 / bfloat16 features are evaluated in float32 (autocast off) and the values
 are returned in the features' dtype (:func:`graphkd._checks.full_precision`): distances of
@@ -41,6 +44,7 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+from torch.autograd.function import once_differentiable
 
 from graphkd._checks import check_features, full_precision
 from graphkd.graphs import EdgeSet
@@ -106,6 +110,140 @@ KERNELS: dict[str, Kernel] = {
         lambda a, b, scale=100.0: torch.exp(-(a - b).abs().sum(-1) / scale),
     ),
 }
+
+
+
+# ----------------------------------------------------------------------------- gathered edges
+#: Element budget of one edge chunk (``chunk * D``) of :class:`_EdgeReduce` on CPU; on an
+#: accelerator the chunk is larger (fewer launches), still bounded.
+EDGE_CHUNK_ELEMENTS = 1 << 18
+_EDGE_CHUNK_ELEMENTS_ACCEL = 1 << 24
+
+
+def _edge_chunk(x: Tensor) -> int:
+    budget = EDGE_CHUNK_ELEMENTS if x.device.type == "cpu" else _EDGE_CHUNK_ELEMENTS_ACCEL
+    return max(1, budget // max(1, x.shape[1]))
+
+
+def _elementwise(op: str, a: Tensor, b: Tensor) -> Tensor:
+    """``[c, D], [c, D] -> [c, D]`` terms of the reduction, written into ``a`` (a gathered
+    temporary)."""
+    if op == "dot":
+        return a.mul_(b)
+    a.sub_(b)
+    return a.abs_() if op == "l1" else a.square_()
+
+
+class _EdgeReduce(torch.autograd.Function):
+    r"""``s_e = reduce_d op(a_{row_e}, b_{col_e})`` ``[E]`` with ``op`` one of ``l1``
+    (:math:`\sum|a - b|`), ``sq`` (:math:`\sum (a - b)^2`) or ``dot`` (:math:`\sum a b`),
+    evaluated over chunks of edges so that at most one ``[chunk, D]`` block of gathered rows
+    lives at a time, in forward and in backward (which regathers and scatters the gradient
+    with ``index_add_``). Nothing of size ``[E, D]`` is allocated or saved for backward: the
+    unfused ``(x[row] - x[col]).abs().sum(-1)`` keeps three such temporaries and saves two.
+    ``xc is None``: columns index ``x`` too (one gradient). ``degree > 0`` (a regular graph,
+    ``row[e] = e // degree``): the row side is a broadcast view of ``x`` (no gather) and its
+    gradient a sum over each row's ``degree`` edges (no scatter)."""
+
+    @staticmethod
+    def forward(ctx, x: Tensor, xc: Tensor | None, row: Tensor, col: Tensor, op: str,
+                degree: int) -> Tensor:
+        b_src = x if xc is None else xc
+        e = col.numel()
+        out = x.new_empty(e)
+        k = max(degree, 1)
+        chunk = max(1, _edge_chunk(x) // k) * k
+        for e0 in range(0, e, chunk):
+            e1 = min(e0 + chunk, e)
+            b = b_src.index_select(0, col[e0:e1])
+            if degree:  # b - a (or b * a) against the broadcast rows: same |.|, (.)^2, product
+                b = b.view(-1, degree, b.shape[-1])
+                a = x[e0 // degree: e1 // degree].unsqueeze(1)
+                torch.sum(_elementwise(op, b, a), -1, out=out[e0:e1].view(-1, degree))
+            else:
+                a = x.index_select(0, row[e0:e1])
+                torch.sum(_elementwise(op, a, b), -1, out=out[e0:e1])
+        ctx.save_for_backward(x, xc, row, col)
+        ctx.conf = (op, degree)
+        return out
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad: Tensor):
+        x, xc, row, col = ctx.saved_tensors
+        op, degree = ctx.conf
+        same = xc is None
+        b_src = x if same else xc
+        need_a = ctx.needs_input_grad[0]
+        need_b = (not same) and ctx.needs_input_grad[1]
+        da = torch.zeros_like(x) if need_a else None
+        db = torch.zeros_like(xc) if need_b else None
+        if same:
+            db = da
+        e = col.numel()
+        k = max(degree, 1)
+        chunk = max(1, _edge_chunk(x) // k) * k
+        for e0 in range(0, e, chunk):
+            e1 = min(e0 + chunk, e)
+            c = col[e0:e1]
+            b = b_src.index_select(0, c)
+            if degree:
+                d_ = b.shape[-1]
+                r0, r1 = e0 // degree, e1 // degree
+                b = b.view(-1, degree, d_)
+                a = x[r0:r1].unsqueeze(1)
+                g = grad[e0:e1].view(-1, degree, 1)
+                if op == "dot":
+                    if db is not None:
+                        db.index_add_(0, c, (a * g).view(-1, d_))
+                    if da is not None:
+                        da[r0:r1] += b.mul_(g).sum(1)
+                    continue
+                d = b.sub_(a)  # b - a: the column side's derivative direction
+                d = d.sign_() if op == "l1" else d.mul_(2.0)
+                d.mul_(g)
+                if db is not None:
+                    db.index_add_(0, c, d.view(-1, d_))
+                if da is not None:
+                    da[r0:r1] -= d.sum(1)
+                continue
+            r, g = row[e0:e1], grad[e0:e1].unsqueeze(-1)
+            a = x.index_select(0, r)
+            if op == "dot":
+                if da is not None:
+                    da.index_add_(0, r, b.mul_(g))
+                if db is not None:
+                    db.index_add_(0, c, a.mul_(g))
+                continue
+            d = a.sub_(b)
+            d = d.sign_() if op == "l1" else d.mul_(2.0)
+            d.mul_(g)
+            if da is not None:
+                da.index_add_(0, r, d)
+            if db is not None:  # (index_add_ with alpha=-1 takes a slow path on CPU)
+                db.index_add_(0, c, d.neg_())
+        return (da if need_a else None), (db if need_b else None), None, None, None, None
+
+
+#: Gathered-edge kernels as ``(reduction, outer)``: ``w_e = outer(s_e)`` with ``s_e`` the
+#: :class:`_EdgeReduce` reduction; the outer functions act on ``[E]`` only.
+_EDGE_FORMS: dict[str, tuple[str, Callable[..., Tensor]]] = {
+    "dot": ("dot", lambda s: s),
+    "poly": ("dot", lambda s, degree=2, coef=1.0: (s + coef) ** degree),
+    "rbf": ("sq", lambda s, gamma=0.5: torch.exp(-gamma * s)),
+    "l2": ("sq", lambda s, eps=1e-12: s.clamp_min(eps).sqrt()),
+    "l2sq": ("sq", lambda s: s),
+    "l1": ("l1", lambda s: s),
+    "gaussian_l1": ("l1", lambda s, scale=100.0: torch.exp(-s / scale)),
+}
+
+
+def _gathered_edge_kernel(kernel: str, x: Tensor, xc: Tensor | None, edges: EdgeSet,
+                          **params) -> Tensor:
+    op, outer = _EDGE_FORMS[kernel]
+    degree = edges.degree or 0
+    row = edges.col if degree else edges.row  # a regular graph never reads its rows
+    return outer(_EdgeReduce.apply(x, xc, row, edges.col, op, degree), **params)
 
 
 #: Kernels of the difference ``a - b`` whose pair form expands a square: centring a block first
@@ -194,12 +332,9 @@ def edge_kernel(
     if edges.is_dense:
         m = k.pair(x, xc, **params)
         return (m if edges.dense_loop else offdiagonal(m)).reshape(-1)
-    if edges.degree is not None:
-        b = xc.index_select(0, edges.col).view(edges.num_rows, edges.degree, -1)
-        return k.edge(x.unsqueeze(1), b, **params).reshape(-1)
-    a = x.index_select(0, edges.row)
-    b = xc.index_select(0, edges.col)
-    return k.edge(a, b, **params)
+    # Gathered edges (regular or not): fused, chunked over edges, no [E, D] temporary.
+    name = "dot" if k is KERNELS["dot"] else kernel
+    return _gathered_edge_kernel(name, x, None if xc is x else xc, edges, **params)
 
 
 @full_precision

@@ -211,12 +211,21 @@ class LSP(DistillLoss):
         """The EdgeSet the loss is evaluated on."""
         return _LSP_GRAPHS[self.graph](f_s, f_t, batch, edge_index, self.k, self.metric)
 
+    @property
+    def takes_input_edges(self) -> bool:
+        """Whether :meth:`forward` accepts a prebuilt input-graph ``edges`` EdgeSet (the
+        Distiller builds it once per batch and shares it across matches)."""
+        return self.graph == "input"
+
     def forward(
         self, f_s: Tensor, f_t: Tensor, *, batch: Tensor | None = None,
-        edge_index: Tensor | None = None,
+        edge_index: Tensor | None = None, edges: EdgeSet | None = None,
     ) -> Tensor:
+        """``edges``: the input graph already built from ``edge_index`` (``graph="input"``
+        only; it replaces ``edge_index`` and ``batch``)."""
         check_pair(f_s, f_t, "lsp")
-        edges = self.build_graph(f_s, f_t, batch=batch, edge_index=edge_index)
+        if edges is None or self.graph != "input":
+            edges = self.build_graph(f_s, f_t, batch=batch, edge_index=edge_index)
         return _lsp(f_s, f_t, edges, self.kernel, self.reduction, self.tau,
                     self.kernel_as_logit, self.kernel_params)
 

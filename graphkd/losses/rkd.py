@@ -7,8 +7,9 @@ r"""Relational KD (Park et al., CVPR 2019): distance and angle relations of a ba
 with :math:`\psi_D(i, j) = \|x_i - x_j\| / \mu` (mean-normalised distances) and
 :math:`\psi_A(i, j, k) = \langle e_{ji}, e_{jk}\rangle` (cosines of the angle at anchor ``j``).
 A member of the relation family (:mod:`graphkd.losses.relation`, which re-exports every name
-here); it has its own module because the angle term is computed by a chunked autograd function
-(:class:`_RKDAngleSum`) that never materialises the reference's ``B x B x D`` tensor.
+here); it has its own module because the angle term is computed by chunked autograd functions
+(:class:`_RKDAngleGram`, from the ``B x B`` Gram; :class:`_RKDAngleSum`, from direct differences,
+kept as the tests' check) that never materialise the reference's ``B x B x D`` tensor.
 
 Example:
     >>> rkd_loss(torch.randn(16, 8), torch.randn(16, 32)).shape
@@ -173,6 +174,124 @@ class _RKDAngleSum(torch.autograd.Function):
         return out[0], out[1], None, None, None
 
 
+def _gram_inputs(s: Tensor, t: Tensor, eps: float) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The Gram path's inputs: centred features ``xs, xt`` in float64 (differentiable), their
+    Grams ``[2, B, B]`` and the inverse pair distances ``r[s, j, i] = 1 / ||x_i - x_j||``
+    ``[2, B, B]`` (0 where the difference is exactly 0: the diagonal and duplicate samples,
+    as ``F.normalize``).
+
+    Precision: ``<x_i - x_j, x_k - x_j>`` from the Gram cancels to an absolute error of about
+    ``eps * max ||x - mean||^2``, so the Gram path computes in float64 whatever the inputs'
+    dtype (centring, also in float64, removes the batch's offset from that bound); the
+    distances are direct differences in the inputs' dtype, so exact duplicates give exactly 0.
+    For float32 features the angles are then at least as accurate as the direct float32 path
+    unless two samples are closer than ~1e-4 of the batch's spread. Nothing here depends on the
+    data (no host synchronisation)."""
+    with torch.no_grad():
+        n = torch.stack([torch.cdist(x, x, compute_mode="donot_use_mm_for_euclid_dist")
+                         for x in (s.detach(), t.detach())])
+        r = n.clamp_min(eps).reciprocal_().mul_(n > eps).double()
+        del n
+    s64, t64 = s.double(), t.double()
+    xs, xt = s64 - s64.mean(0, keepdim=True), t64 - t64.mean(0, keepdim=True)
+    with torch.no_grad():
+        g = torch.stack((xs @ xs.T, xt @ xt.T))
+    return xs, xt, g, r
+
+
+def _gram_angles(g: Tensor, r_a: Tensor, j0: int, j1: int, out: Tensor) -> Tensor:
+    """``A[j, s, i, k] = (G_ik - G_ij - G_jk + G_jj) r_ji r_jk`` for anchors ``j0 <= j < j1``,
+    ``[c, 2, B, B]`` into ``out`` (``r_a`` anchor-major ``[B, 2, B]``)."""
+    g_a = g[:, j0:j1].transpose(0, 1)  # [c, 2, B]: G_ji
+    g_jj = g.diagonal(dim1=1, dim2=2)[:, j0:j1].transpose(0, 1).unsqueeze(-1)
+    u = g_a - 0.5 * g_jj  # G_ji - G_jj / 2, so that G_ik - u_ji - u_jk is the dot product
+    r = r_a[j0:j1]
+    a = torch.sub(g.unsqueeze(0), u.unsqueeze(-1), out=out[: j1 - j0])
+    a.sub_(u.unsqueeze(-2))
+    return a.mul_(r.unsqueeze(-1)).mul_(r.unsqueeze(-2))
+
+
+class _RKDAngleGram(torch.autograd.Function):
+    r"""The RKD angle sum of :class:`_RKDAngleSum` formed from the ``B x B`` Grams:
+    :math:`\langle x_i - x_j, x_k - x_j\rangle = G_{ik} - G_{ij} - G_{jk} + G_{jj}`, scaled by
+    the inverse pair distances ``r``. ``O(B^2 D + B^3)`` work instead of ``O(B^3 D)``; chunked
+    over anchors in forward and (recomputed) in backward, saving only ``[2, B, B]`` tensors.
+
+    Backward with :math:`P_j = \mathrm{clip}(A^S_j - A^T_j, \pm\delta)/\delta` (teacher: minus):
+    :math:`Q_j = P_j \circ r_j r_j^\top` gives
+    :math:`\partial G = \sum_j Q_j - 2 S + \mathrm{diag}(S\mathbf 1)` with
+    :math:`S_{ji} = \sum_k Q_{jik}`, and the distances
+    :math:`\partial n_{ji} = -2 r_{ji} \sum_k P_{jik} A_{jik}` enter :math:`\partial G` as
+    :math:`n_{ji}^2 = G_{ii} + G_{jj} - 2 G_{ij}`; then :math:`\partial X = (M + M^\top) X_c`.
+    """
+
+    @staticmethod
+    def forward(ctx, xs: Tensor, xt: Tensor, g: Tensor, r: Tensor, chunk: int, delta: float
+                ) -> Tensor:
+        b = g.shape[-1]
+        r_a = r.transpose(0, 1)
+        a_buf = g.new_empty(chunk, 2, b, b)
+        total = g.new_zeros(())
+        for j0 in range(0, b, chunk):
+            j1 = min(j0 + chunk, b)
+            a = _gram_angles(g, r_a, j0, j1, a_buf)
+            total += F.smooth_l1_loss(a[:, 0], a[:, 1], reduction="sum", beta=delta)
+        ctx.save_for_backward(xs, xt, g, r)
+        ctx.conf = (chunk, delta)
+        return total
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_out: Tensor):
+        xs, xt, g, r = ctx.saved_tensors
+        chunk, delta = ctx.conf
+        sides = [k for k in (0, 1) if ctx.needs_input_grad[k]]
+        lo, hi = sides[0], sides[-1] + 1
+        b = g.shape[-1]
+        r_a = r.transpose(0, 1)
+        a_buf = g.new_empty(chunk, 2, b, b)
+        p_buf = g.new_empty(chunk, hi - lo, b, b)
+        d_sum = g.new_zeros(hi - lo, b, b)  # sum_j Q_j
+        s_rows = g.new_empty(b, hi - lo, b)  # S[j, s, i]
+        t_rows = g.new_empty(b, hi - lo, b)  # sum_k P A
+        scale = grad_out / delta
+        for j0 in range(0, b, chunk):
+            j1 = min(j0 + chunk, b)
+            c = j1 - j0
+            a = _gram_angles(g, r_a, j0, j1, a_buf)
+            p = torch.sub(a[:, 0], a[:, 1], out=p_buf[:c, 0]).clamp_(-delta, delta).mul_(scale)
+            if hi - lo == 2:
+                torch.neg(p, out=p_buf[:c, 1])
+            elif lo == 1:
+                p.neg_()
+            p = p_buf[:c]
+            a = a[:, lo:hi]
+            torch.sum(a.mul_(p), dim=-1, out=t_rows[j0:j1])
+            rj = r_a[j0:j1, lo:hi]
+            q = p.mul_(rj.unsqueeze(-1)).mul_(rj.unsqueeze(-2))
+            d_sum += q.sum(0)
+            torch.sum(q, dim=-1, out=s_rows[j0:j1])
+        s = s_rows.transpose(0, 1)  # [n, j, i]
+        cn = t_rows.transpose(0, 1).mul_(r[lo:hi]).mul_(r[lo:hi]).mul_(-2.0)  # C = dn * r
+        m = d_sum.sub_(s, alpha=2.0).sub_(cn)
+        diag = m.diagonal(dim1=1, dim2=2)
+        diag += s.sum(-1) + 0.5 * (cn.sum(-1) + cn.sum(-2))
+        out: list[Tensor | None] = [None, None]
+        for k in sides:
+            mk = m[k - lo]
+            x = (xs, xt)[k]
+            out[k] = (mk + mk.T) @ x  # the centring's backward is autograd's
+        return out[0], out[1], None, None, None, None
+
+
+def _rkd_gram_chunk(b: int, chunk_size: int | None) -> int:
+    """Anchors per chunk of the Gram path: ``chunk * B^2 <= 2**18`` (its float64 ``[c, 2, B,
+    B]`` buffers then take at most the bytes of the direct float32 path's ``[c, 2, B, B + D]``)."""
+    if chunk_size is None:
+        return max(1, min(b, (RKD_CHUNK_ELEMENTS // 8) // (b * b)))
+    return _rkd_chunk(b, 0, chunk_size)
+
+
 def _rkd_chunk(b: int, d: int, chunk_size: int | None) -> int:
     if chunk_size is None:
         return max(1, min(b, RKD_CHUNK_ELEMENTS // (b * (b + d))))
@@ -193,20 +312,27 @@ def rkd_angle_loss(
         e_{ji} = \frac{x_i - x_j}{\max(\|x_i - x_j\|, \epsilon)}, \quad
         L_A = \frac{1}{B^3} \sum_{j,i,k} \mathrm{Huber}_\delta(\psi^S_A - \psi^T_A)
 
-    Per anchor ``j`` the angles are the Gram ``E_j E_j^T`` of the unit differences
-    ``E_j`` ``[B, D]``; anchors are processed ``chunk_size`` at a time with one batched matmul,
-    in forward and (recomputed) in backward, so memory is ``O(chunk * B * (B + D))`` instead
-    of the reference's ``O(B^3 + B^2 D)`` (RepDistiller ``RKD.py``). Values equal the
+    The angles come from the ``B x B`` Gram of the centred features (:class:`_RKDAngleGram`):
+    :math:`\langle x_i - x_j, x_k - x_j\rangle = G_{ik} - G_{ij} - G_{jk} + G_{jj}`, scaled by
+    the inverse pair distances, ``O(B^2 D + B^3)`` work, chunked over anchors in forward and
+    (recomputed) in backward, memory ``O(chunk * B^2)`` instead of the reference's
+    ``O(B^3 + B^2 D)`` (RepDistiller ``RKD.py``). The Gram form is computed in float64 (its
+    cancellation costs ``eps * ||x - mean||^2``, see :func:`_gram_inputs`): for float32
+    features it matches the direct float32 computation unless two samples lie closer than
+    ~1e-4 of the batch's spread; the loss is returned in the features' dtype. Values equal the
     reference's, including ``e = 0`` for ``i == j`` and for duplicate samples. Measured on CPU
-    (float32, B=256, D=128, forward + backward, one thread): ~7x lower peak memory (RSS) and
-    ~1.9x faster than the reference with the default chunk (21 anchors).
+    (float32, D=128, forward + backward, one thread, issue 17, whole ``rkd_loss``): ~0.9x the
+    reference's time at B=32, ~0.5x at B=64, ~0.15-0.2x at B=256-512, and below the direct
+    path's peak memory (``benchmarks/results/perf_limits.md``). The earlier direct
+    path (:class:`_RKDAngleSum`, per anchor the Gram of the unit differences, ``O(B^3 D)``) is
+    kept as the tests' independent check.
 
     Args:
         f_s, f_t: ``[B, *]`` student / teacher features (flattened; widths may differ),
             ``B >= 2``.
         delta: Huber threshold.
         chunk_size: anchors per chunk; ``None`` picks the largest chunk with
-            ``chunk * B * (B + D) <= 2**21`` (``D`` the wider of the two widths).
+            ``chunk * B^2 <= 2**18``.
         eps: the ``F.normalize`` clamp.
     """
     s, t = flat_pair(f_s, f_t, "rkd", min_rows=2)
@@ -216,10 +342,11 @@ def rkd_angle_loss(
 
 def _rkd_angle(s: Tensor, t: Tensor, delta: float, chunk_size: int | None, eps: float) -> Tensor:
     b = s.shape[0]
-    chunk = _rkd_chunk(b, max(s.shape[1], t.shape[1]), chunk_size)
-    if t.dtype != s.dtype:  # student and teacher are stacked: compute in the student's dtype
+    if t.dtype != s.dtype:  # distances in the student's dtype (the Gram is float64 anyway)
         t = t.to(s.dtype)
-    return _RKDAngleSum.apply(s, t, chunk, float(delta), float(eps)) / b**3
+    xs, xt, g, r = _gram_inputs(s, t, eps)
+    chunk = _rkd_gram_chunk(b, chunk_size)
+    return (_RKDAngleGram.apply(xs, xt, g, r, chunk, float(delta)) / b**3).to(s.dtype)
 
 
 @full_precision

@@ -156,11 +156,13 @@ def _wrap_check(out_dir: str) -> None:
             if sync_bn:
                 torch.testing.assert_close(value, ref_losses[key], rtol=1e-5, atol=1e-6,
                                            msg=lambda m, k=key: f"loss {k}: {m}")
-        same = all(torch.allclose(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6)
+        # atol 1e-5: the bias before a BatchNorm has a true gradient of 0, so float32 sums in
+        # another order (2 ranks vs one batch) leave ~1e-6 of rounding there
+        same = all(torch.allclose(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5)
                    for n, p in d.named_parameters())
         if sync_bn:
             for n, p in d.named_parameters():
-                torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-6,
+                torch.testing.assert_close(p.grad, ref_grads[n], rtol=1e-4, atol=1e-5,
                                            msg=lambda m, n=n: f"grad {n}: {m}")
         results[str(sync_bn)] = same
     assert results == {"True": True, "False": False}  # per-rank statistics differ

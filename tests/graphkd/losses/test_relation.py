@@ -426,3 +426,66 @@ def test_bad_input_raises(fn):
 def test_registered(name, cls):
     loss = get_loss(name)
     assert isinstance(loss, cls) and loss.level == "batch" and not loss.needs_dims
+
+
+# ------------------------------------------------ RKD angles from the Gram (issue 17, item 1)
+def _rkd_angle_direct(s, t, delta=1.0, chunk=3):
+    """The direct-difference angle path (the only path before issue 17)."""
+    from graphkd.losses.rkd import _RKDAngleSum
+
+    return _RKDAngleSum.apply(s, t, chunk, delta, 1e-12) / s.shape[0] ** 3
+
+
+@pytest.mark.parametrize("b,ds,dt,chunk", [(9, 5, 7, None), (33, 16, 8, 4), (64, 32, 32, 1)])
+@pytest.mark.parametrize("delta", [1.0, 0.05])
+def test_rkd_gram_angles_equal_direct_path_values_and_grads(b, ds, dt, chunk, delta):
+    s, t = _pair(b=b, ds=ds, dt=dt, seed=b)
+    s1, t1 = s.clone().requires_grad_(), t.clone().requires_grad_()
+    s2, t2 = s.clone().requires_grad_(), t.clone().requires_grad_()
+    from graphkd.losses.rkd import _rkd_angle
+
+    new = _rkd_angle(s1, t1, delta, chunk, 1e-12)
+    old = _rkd_angle_direct(s2, t2, delta)
+    torch.testing.assert_close(new, old, rtol=1e-12, atol=0)
+    for gn, go in zip(torch.autograd.grad(new, (s1, t1)), torch.autograd.grad(old, (s2, t2))):
+        torch.testing.assert_close(gn, go, rtol=1e-6, atol=1e-6 * go.abs().max().item())
+
+
+def test_rkd_gram_gradcheck():
+    s, t = _pair(b=7, ds=4, dt=6, seed=21)
+    s.requires_grad_()
+    t.requires_grad_()
+    from graphkd.losses.rkd import _rkd_angle
+
+    assert torch.autograd.gradcheck(lambda a, b: _rkd_angle(a, b, 1.0, 3, 1e-12), (s, t))
+    assert torch.autograd.gradcheck(lambda a, b: _rkd_angle(a, b, 0.02, None, 1e-12), (s, t))
+
+
+@pytest.mark.parametrize("gap", [1e-1, 1e-3, 1e-4])
+def test_rkd_near_duplicates_match_direct_path(gap):
+    """Near-duplicate samples far from the origin (the Gram form's cancellation case): float64
+    equals the direct-difference path; float32 is as close to the float64 truth as the direct
+    float32 path is."""
+    s, t = _pair(b=12, ds=6, dt=5, seed=22)
+    s, t = s + 50.0, t - 30.0
+    s[7] = s[3] + gap * torch.randn(6, dtype=D64)
+    t[9] = t[1] + gap * torch.randn(5, dtype=D64)
+    s[10] = s[4]  # and an exact duplicate
+    s1, s2 = s.clone().requires_grad_(), s.clone().requires_grad_()
+    new = rkd_angle_loss(s1, t)
+    old = _rkd_angle_direct(s2, t)
+    torch.testing.assert_close(new, old, rtol=1e-9, atol=0)
+    (gn,), (go,) = torch.autograd.grad(new, s1), torch.autograd.grad(old, s2)
+    torch.testing.assert_close(gn, go, rtol=1e-6, atol=1e-6 * go.abs().max().item())
+    s32, t32 = s.float(), t.float()
+    truth = _rkd_angle_direct(s32.double(), t32.double())
+    new32 = rkd_angle_loss(s32, t32).double()
+    old32 = _rkd_angle_direct(s32, t32).double()
+    assert new32.dtype == torch.float64 and rkd_angle_loss(s32, t32).dtype == torch.float32
+    assert abs(new32 - truth) <= max(2 * abs(old32 - truth), 1e-6 * abs(truth))
+    a32, b32 = s32.clone().requires_grad_(), s32.clone().requires_grad_()
+    t64 = s32.double().requires_grad_()
+    (g32,) = torch.autograd.grad(rkd_angle_loss(a32, t32), a32)
+    (go32,) = torch.autograd.grad(_rkd_angle_direct(b32, t32), b32)
+    (g64,) = torch.autograd.grad(_rkd_angle_direct(t64, t32.double()), t64)
+    assert (g32.double() - g64).abs().max() <= 2 * (go32.double() - g64).abs().max() + 1e-9
