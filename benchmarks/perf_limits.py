@@ -102,17 +102,9 @@ def rkd_today(f_s: torch.Tensor, f_t: torch.Tensor) -> torch.Tensor:
 
 def rkd_bare(f_s: torch.Tensor) -> Callable[[], Any]:
     """benchmarks.core's RKD floor: Gram matmul fwd+bwd and one pass over the B^3 angles."""
+    from benchmarks.core import _rkd_bare
 
-    def fn() -> torch.Tensor:
-        f_s.grad = None
-        g = f_s @ f_s.T
-        diag = g.diagonal()
-        a = g.unsqueeze(0) - g.unsqueeze(2) - g.unsqueeze(1) + diag[:, None, None]
-        loss = a.sum()
-        loss.backward()
-        return loss.detach()
-
-    return fn
+    return _rkd_bare(f_s, f_s)
 
 
 def bench_rkd(b: int, d: int, rounds: int, max_seconds: float) -> dict[str, Any]:
