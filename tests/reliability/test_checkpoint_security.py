@@ -201,12 +201,8 @@ def test_refuses_any_other_global(tmp_path, glob):
 @pytest.fixture(scope="module")
 def real_checkpoint(tmp_path_factory):
     """A checkpoint written by RecBole 1.2.1's own Trainer (BPR, 1 epoch, ml-100k slice)."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.model.general_recommender import BPR
-    from recbole.trainer import Trainer
-    from recbole.utils import init_seed
-
     from recsys.recbole import compat
+    from tests._recbole import fit_bpr_checkpoint
 
     compat.apply_patches()
     out = tmp_path_factory.mktemp("real_ckpt")
@@ -219,17 +215,8 @@ def real_checkpoint(tmp_path_factory):
         "data_path": str(out / "data"), "epochs": 1, "embedding_size": 8,
         "checkpoint_dir": str(out), "state": "WARNING", "train_batch_size": 256,
         "eval_batch_size": 4096})
-    init_seed(0, True)
-    train, valid, _ = data_preparation(cfg, create_dataset(cfg))
-    model = BPR(cfg, train.dataset)
-    cwd = os.getcwd()
-    os.chdir(out)  # RecBole's Trainer writes ./log_tensorboard
-    try:
-        trainer = Trainer(cfg, model)
-        trainer.fit(train, valid, saved=True, verbose=False)
-    finally:
-        os.chdir(cwd)
-    return Path(trainer.saved_model_file), cfg, train.dataset, model
+    path, dataset, model = fit_bpr_checkpoint(cfg, out)
+    return path, cfg, dataset, model
 
 
 def test_real_recbole_checkpoint_still_loads(real_checkpoint):

@@ -7,7 +7,6 @@ import os
 import pickle
 import sys
 import warnings
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -82,27 +81,15 @@ def test_known_warnings_filtered_and_others_kept():
 @pytest.fixture(scope="module")
 def recbole_checkpoint(base_config, tmp_path_factory):
     """A checkpoint written by RecBole's own (unpatched) Trainer, and the trained model."""
-    from recbole.data import create_dataset, data_preparation
-    from recbole.model.general_recommender import BPR
-    from recbole.trainer import Trainer
-    from recbole.utils import init_seed
+    from tests._recbole import fit_bpr_checkpoint
 
     compat.apply_patches()
     out = tmp_path_factory.mktemp("rb_ckpt")
     cfg = make_config("BPR", "tiny", config_dict={**base_config, "epochs": 1,
                                                   "embedding_size": 8,
                                                   "checkpoint_dir": str(out)})
-    init_seed(0, True)
-    train, valid, _ = data_preparation(cfg, create_dataset(cfg))
-    model = BPR(cfg, train.dataset)
-    cwd = os.getcwd()
-    os.chdir(out)  # RecBole's Trainer writes ./log_tensorboard
-    try:
-        trainer = Trainer(cfg, model)
-        trainer.fit(train, valid, saved=True, verbose=False)
-    finally:
-        os.chdir(cwd)
-    return Path(trainer.saved_model_file), model
+    path, _, model = fit_bpr_checkpoint(cfg, out)
+    return path, model
 
 
 def test_recbole_checkpoint_refused_by_weights_only_but_loads_safely(recbole_checkpoint):
