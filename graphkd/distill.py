@@ -344,6 +344,10 @@ class Distiller(nn.Module):
         self._checked_optimizers: weakref.WeakSet = weakref.WeakSet()
         self._guard = None
         self.is_setup = False
+        #: Teacher-output source replacing the teacher forward outside setup's dry run:
+        #: ``source(data) -> (t_outs, t_feats)`` (one entry per teacher), e.g. the offline
+        #: cache of :func:`graphkd.teacher_cache.cache_teacher`; ``None``: run the teachers.
+        self.teacher_source: Callable[[Any], tuple[list, list]] | None = None
         if example is not None:
             self.setup(example)
 
@@ -426,6 +430,11 @@ class Distiller(nn.Module):
         if student:
             s_out = call_model(self.student_call, self.student, data, "student", dry)
             s_feats = self._student_hooks.pop() if self._student_hooks is not None else {}
+        # ---- hook point: cached teacher outputs (graphkd.teacher_cache) -------------------
+        if self.teacher_source is not None and not dry:
+            t_outs, t_feats = self.teacher_source(data)
+            return s_out, s_feats, list(t_outs), list(t_feats)
+        # ---- end of hook point -------------------------------------------------------------
         t_outs, t_feats = [], []
         grad = nullcontext() if not self.frozen else torch.no_grad()
         for i, t in enumerate(self._teachers):
