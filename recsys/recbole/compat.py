@@ -52,6 +52,8 @@ from typing import Any
 
 import torch
 
+from graphkd.safe_pickle import AllowListUnpickler
+
 __all__ = [
     "apply_patches",
     "patch_scipy_dok_update",
@@ -306,20 +308,23 @@ def _model_class(module: str, name: str) -> type | None:
     return None
 
 
-class _RecBoleUnpickler(pickle.Unpickler):
+class _RecBoleUnpickler(AllowListUnpickler):
     """An unpickler that resolves only the exact globals of :data:`_CALLABLE_GLOBALS`, RecBole's
-    ``Config`` (as a shell that cannot be constructed by a call) and inert class references."""
+    ``Config`` (as a shell that cannot be constructed by a call) and inert class references
+    (the exact allow-list and the dotted-name refusal: :class:`graphkd.safe_pickle.
+    AllowListUnpickler`)."""
 
-    def find_class(self, module: str, name: str) -> Any:
-        if "." in name:  # protocol 4 would resolve it as an attribute chain
-            raise _refuse(f"{module}.{name} (a dotted name)")
+    allowed = _CALLABLE_GLOBALS
+
+    def refuse(self, what: str) -> pickle.UnpicklingError:
+        return _refuse(what)
+
+    def resolve(self, module: str, name: str) -> Any:
         key = (module, name)
         if key == _CONFIG_GLOBAL:
             return _config_shell()
-        if key in _CALLABLE_GLOBALS:
-            return super().find_class(module, name)
         if key in _REFERENCE_GLOBALS:
-            return _Reference(super().find_class(module, name))
+            return _Reference(self.lookup(module, name))
         cls = _model_class(module, name)
         if cls is not None:
             return _Reference(cls)

