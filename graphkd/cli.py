@@ -7,11 +7,18 @@ Subcommands::
     graphkd quickstart                 # the main job (`make demo`): digits clouds, DGCNN teacher
     graphkd report runs/quickstart/results.json
     graphkd methods                    # registered distillation losses
+    graphkd tune --config configs/molecules_chembl.yaml --method lsp rkd --epochs 5
+    graphkd distill --config configs/molecules_chembl.yaml --tuned <its tuned_weights.json>
 
 Any config entry can be overridden with ``--set key.path=value`` (value parsed as YAML), e.g.
 ``--set student.train.epochs=2 --set seeds=[0]``. Results go to ``<output_dir>/<name>/``:
 the cached teacher checkpoint, ``results.json`` (raw per-seed values), ``report.md`` and
 ``report.png``. ``name`` must be a plain folder name (no ``..``, no ``/``, not absolute).
+
+``graphkd tune`` chooses each method's loss-weight scale from a grid (default 0.1x, 1x, 10x the
+config's weights) on the validation split only (:mod:`graphkd.tune`), resumable, and writes
+``<output_dir>/<name>/tune/tuned_weights.json``; ``--tuned FILE`` makes ``distill`` and
+``quickstart`` use the chosen weights (so its results.json and report carry them).
 
 Errors (a bad config entry, a missing file, ``--device cuda`` without CUDA, a missing optional
 extra) print one line ``graphkd: error: <message>`` and exit with status 2; ``--debug`` or
@@ -97,6 +104,10 @@ def _load(args: argparse.Namespace):
         overrides.append("sync_batchnorm=true")
     cfg = load_config(_find_config(args.config), overrides)
     check_device(cfg.device)
+    if getattr(args, "tuned", None):  # graphkd tune's chosen weights (graphkd.tune)
+        from graphkd.tune import apply_tuned
+
+        cfg = apply_tuned(cfg, args.tuned)
     return cfg
 
 
@@ -276,6 +287,21 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_tune(args: argparse.Namespace) -> int:
+    """Choose each method's weight scale on the validation split (:mod:`graphkd.tune`)."""
+    from graphkd.pipeline import run_dir
+    from graphkd.tune import TUNED_FILE, format_tuning, tune_weights
+
+    cfg = _load(args)
+    _check_methods_exist(cfg, args)
+    tuned = tune_weights(cfg, args.method or None, grid=args.grid, epochs=args.epochs,
+                         seeds=args.seeds, max_trials=args.max_trials, progress=not args.quiet)
+    print(format_tuning(tuned))
+    print(f"\nwrote {run_dir(cfg) / 'tune' / TUNED_FILE} (use it: graphkd distill --config "
+          f"{args.config} --tuned <that file>)")
+    return 0
+
+
 def cmd_methods(args: argparse.Namespace) -> int:
     """Print the registered distillation losses."""
     from graphkd.losses import LOSSES
@@ -355,7 +381,24 @@ def build_parser() -> argparse.ArgumentParser:
                        help="synchronise the student's BatchNorm statistics over the processes "
                             "(graphkd.sync_batchnorm, CPU and CUDA); only meaningful with "
                             "--nproc > 1 or torchrun")
+        p.add_argument("--tuned", default=None, metavar="FILE",
+                       help="use the weights chosen by `graphkd tune` (its tuned_weights.json)")
         p.set_defaults(func=func)
+
+    p = sub.add_parser("tune", help="choose loss weights on the validation split (grid x "
+                                    "the config's weights)")
+    _common(p, config_required=True)
+    p.add_argument("--method", "--methods", nargs="+", default=None,
+                   help="methods to tune (default: every method that uses the teacher)")
+    p.add_argument("--grid", nargs="+", type=float, default=[0.1, 1.0, 10.0],
+                   help="multipliers of the config's weights (default: 0.1 1 10)")
+    p.add_argument("--epochs", type=int, default=None,
+                   help="epochs per trial (default: student.train.epochs)")
+    p.add_argument("--seeds", nargs="+", type=int, default=[0],
+                   help="student seeds per grid point; selection on their mean (default: 0)")
+    p.add_argument("--max-trials", type=int, default=None,
+                   help="train at most this many new trials now; rerun to continue")
+    p.set_defaults(func=cmd_tune)
 
     p = sub.add_parser("report", help="regenerate report.md/.png from results.json")
     p.add_argument("results", help="path to results.json")

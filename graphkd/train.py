@@ -67,6 +67,7 @@ module of about 700 lines (above the usual ~450); what it keeps on disk (checkpo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import logging
 import math
 import random
@@ -92,6 +93,7 @@ from graphkd.checkpoints import (
 from graphkd.distill import Distiller
 from graphkd.inputs import default_call, default_target, logits_of, prepare_target, to_device
 from graphkd.metrics import METRICS, Metric, compute_metric, get_metric
+from graphkd.weights_check import GRADNORM_PREFIX, WeightCheck, term_weights
 
 __all__ = ["METRICS", "FitResult", "seed_everything", "compute_metric", "evaluate", "pretrain",
            "fit", "load_checkpoint", "loss_columns"]
@@ -239,6 +241,9 @@ class FitResult:
         test: the test metric at ``best_epoch`` (``nan`` without a test loader).
         metric: the metric's canonical name.
         out_dir: where checkpoints and logs went, if anywhere.
+        grad_norms: a Distiller's per-term gradient norms on the student, mean over the first
+            steps (:mod:`graphkd.weights_check`; also the ``gradnorm/<term>`` columns of the
+            first epoch's row); empty for a plain model or with ``check_weights=0``.
     """
 
     history: list[dict[str, float]] = field(default_factory=list)
@@ -247,6 +252,7 @@ class FitResult:
     test: float = float("nan")
     metric: str = "accuracy"
     out_dir: Path | None = None
+    grad_norms: dict[str, float] = field(default_factory=dict)
 
 
 _NOT_LOSSES = ("epoch", "loss", "lr", "time_s")
@@ -254,10 +260,10 @@ _NOT_LOSSES = ("epoch", "loss", "lr", "time_s")
 
 def loss_columns(row: dict[str, float]) -> dict[str, float]:
     """The named losses of a history row (``task``, ``kd``, ``lsp[convs.1]``, ...): every
-    entry but ``epoch``, ``loss`` (their sum), ``lr``, ``time_s`` and the ``val_``/``test_``
-    metrics."""
+    entry but ``epoch``, ``loss`` (their sum), ``lr``, ``time_s``, the ``val_``/``test_``
+    metrics and the ``gradnorm/`` diagnostics."""
     return {k: v for k, v in row.items()
-            if k not in _NOT_LOSSES and not k.startswith(("val_", "test_"))}
+            if k not in _NOT_LOSSES and not k.startswith(("val_", "test_", GRADNORM_PREFIX))}
 
 
 # --------------------------------------------------------------------------- optimisation
@@ -455,6 +461,7 @@ def fit(
     device: torch.device | str | None = None,
     distributed: bool | None = None,
     sync_batchnorm: bool = False,
+    check_weights: int | WeightCheck = 3,
 ) -> FitResult:
     """Train a plain model or a Distiller for ``epochs`` epochs, selecting on validation.
 
@@ -484,6 +491,13 @@ def fit(
         distributed: ``None``: DDP whenever ``torch.distributed`` runs several processes;
             ``False``: train in this process alone.
         sync_batchnorm: under DDP, synchronise the student's BatchNorm statistics.
+        check_weights: a Distiller's loss-weight check (:mod:`graphkd.weights_check`): the
+            number of first steps on which every term's gradient norm on the student is
+            measured (0: off), or a configured :class:`~graphkd.weights_check.WeightCheck`.
+            One ``LossWeightWarning`` per term whose gradient dominates the task term's by more
+            than 100x, is below 1e-3x of it, or is ~0 from the start; the norms go to
+            ``result.grad_norms`` and the ``gradnorm/<term>`` columns of epoch 1. Training is
+            unchanged (``.grad`` is not touched). Skipped under DDP and on resume.
 
     **Exact resume.** ``out_dir/last.pt`` is written at the end of every epoch, after
     validation (the start of the next epoch), with every RNG state the run owns (the global
@@ -579,6 +593,19 @@ def fit(
             if int(best.get("epoch", result.best_epoch)) == result.best_epoch:
                 best_state = best["model"]
 
+    # --- loss-weight check (graphkd.weights_check): gradient norms of the first steps
+    wcheck = None
+    if distiller is not None and not distributed and ck is None:
+        wcheck = (dataclasses.replace(check_weights)  # a fresh copy: nothing measured yet
+                  if isinstance(check_weights, WeightCheck)
+                  else WeightCheck(steps=int(check_weights)))
+        wcheck = wcheck if wcheck.steps > 0 else None
+        student_params = [p for p in distiller.student.parameters() if p.requires_grad]
+    elif result.history:  # resumed: the norms measured in epoch 1
+        result.grad_norms = {k[len(GRADNORM_PREFIX):]: v for k, v in result.history[0].items()
+                             if k.startswith(GRADNORM_PREFIX)}
+    # --- end of the loss-weight check's setup
+
     # losses are summed on the device in float64 (float32 on MPS): no host sync per step
     acc_dtype = torch.float32 if device.type == "mps" else torch.float64
     tail = _TailSkipper()
@@ -599,6 +626,8 @@ def fit(
             data = to_device(data, device)
             if distiller is not None:
                 _, losses = runner(data)
+                if wcheck is not None and wcheck.active:  # loss-weight check: norms only
+                    wcheck.measure(losses, student_params)
             else:
                 logits = logits_of(call_(runner, data))
                 losses = {"task": loss_fn(logits, prepare_target(logits, target_(data)))}
@@ -627,6 +656,10 @@ def fit(
             raise FloatingPointError(
                 f"{desc or 'fit'}: non-finite training loss in epoch {epoch} ({bad}); lower "
                 "the learning rate or the method's weight.")
+        if wcheck is not None:  # loss-weight check: warn once per term, log the norms
+            result.grad_norms = wcheck.finish(term_weights(distiller), stacklevel=2)
+            row.update({GRADNORM_PREFIX + k: v for k, v in result.grad_norms.items()})
+            wcheck = None
         value = test_value = float("nan")
         if val_loader is not None or test_loader is not None:
             if main:
