@@ -37,6 +37,7 @@ from __future__ import annotations
 import math
 from collections.abc import Callable
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -47,6 +48,8 @@ __all__ = [
     "rank_aware_sample",
     "tournament_sample",
     "uniform_items",
+    "ForbiddenItems",
+    "sorted_rows",
     "student_ranks",
     "discrepancy_sample",
     "popularity_groups",
@@ -224,11 +227,67 @@ def _is_member(keys: Tensor, query: Tensor) -> Tensor:
     return keys[pos] == query
 
 
+#: :class:`ForbiddenItems` keeps a dense ``[U, num_items]`` membership mask (one byte per
+#: entry, O(1) lookups instead of a binary search over the sorted keys) up to this many entries
+DENSE_FORBIDDEN_BUDGET = 1 << 26
+
+
+class ForbiddenItems:
+    """The items each row of :func:`uniform_items` may not get, built once and reused.
+
+    Per-epoch samplers draw from the same forbidden sets every epoch (RRD: the history and
+    the teacher's fixed top-M; RD: the history), so the sets are built once per run instead of
+    once per epoch; :func:`uniform_items` then draws exactly the same items as when it builds
+    them itself (the random draws do not depend on how membership is looked up).
+
+    Attributes:
+        users: ``[U]`` the user id of each row.
+        num_items: the item count.
+        keys: sorted unique ``row * num_items + item`` keys (``row`` = local row ``0..U-1``).
+        counts: ``[U]`` forbidden items per row.
+        mask: ``[U, num_items]`` bool membership (None above
+            :data:`DENSE_FORBIDDEN_BUDGET` entries: lookups search ``keys``).
+
+    Example:
+        >>> f = ForbiddenItems(torch.tensor([0, 1]), 4, exclude_topk=torch.tensor([[1], [2]]))
+        >>> f.contains(torch.tensor([[0], [1]]), torch.tensor([[1], [1]])).tolist()
+        [[True], [False]]
+    """
+
+    def __init__(self, users: Tensor, num_items: int, *, history: HistoryLike | None = None,
+                 exclude_topk: Tensor | None = None, padding_item: int | None = 0) -> None:
+        if users.dim() != 1 or users.dtype not in (torch.int64, torch.int32):
+            raise ValueError("`users` must be a 1-D integer tensor of user ids.")
+        if users.numel() and int(users.min()) < 0:
+            raise ValueError("`users` contains negative ids.")
+        self.users = users.long()
+        self.num_items = int(num_items)
+        u = self.users.numel()
+        self.keys = _forbidden_keys(self.users, self.num_items, history, exclude_topk,
+                                    padding_item)
+        self.counts = torch.bincount(self.keys // self.num_items, minlength=u)
+        self.mask: Tensor | None = None
+        if u * self.num_items <= DENSE_FORBIDDEN_BUDGET:
+            mask = torch.zeros(u * self.num_items, dtype=torch.bool, device=self.keys.device)
+            self.mask = mask.index_fill_(0, self.keys, True).view(u, self.num_items)
+
+    def contains(self, rows: Tensor, items: Tensor) -> Tensor:
+        """Whether ``items`` (any shape) is forbidden for local ``rows`` (broadcastable)."""
+        if self.mask is not None:
+            return self.mask[rows, items]
+        return _is_member(self.keys, rows * self.num_items + items)
+
+    def matches(self, users: Tensor, num_items: int) -> bool:
+        """Whether this set was built for exactly these ``users`` and ``num_items``."""
+        return (num_items == self.num_items and users.shape == self.users.shape
+                and bool(torch.equal(users.long().to(self.users.device), self.users)))
+
+
 def uniform_items(
     users: Tensor, num_items: int, n: int, *, history: HistoryLike | None = None,
     exclude_topk: Tensor | None = None, padding_item: int | None = 0,
     replacement: bool = False, generator: torch.Generator | None = None,
-    max_rounds: int = 4,
+    max_rounds: int = 4, forbidden: ForbiddenItems | None = None,
 ) -> Tensor:
     """``n`` items per user, uniform over the items outside the user's history, the padding
     item and (optionally) the user's top-M list.
@@ -246,12 +305,22 @@ def uniform_items(
         replacement: draw with replacement (default: ``n`` distinct items).
         generator: seeded generator.
         max_rounds: rejection rounds before the exact masked fallback for remaining rows.
+        forbidden: the rows' forbidden sets built beforehand (:class:`ForbiddenItems` of the
+            same ``users`` and ``num_items``, reused across epochs) instead of ``history``,
+            ``exclude_topk`` and ``padding_item``; the draws are the same.
 
     Returns:
         ``[U, n]`` int64 items on ``users``' device, in random order.
 
     Raises:
-        ValueError: a user has fewer allowed items than ``n`` (or none, with replacement).
+        ValueError: a user has fewer allowed items than ``n`` (or none, with replacement), or
+            ``forbidden`` was built for other users / items or given with ``history`` /
+            ``exclude_topk``.
+
+    Example:
+        >>> f = ForbiddenItems(torch.arange(3), 10, exclude_topk=torch.tensor([[1], [2], [3]]))
+        >>> uniform_items(torch.arange(3), 10, 4, forbidden=f).shape
+        torch.Size([3, 4])
     """
     if users.dim() != 1 or users.dtype not in (torch.int64, torch.int32):
         raise ValueError("`users` must be a 1-D integer tensor of user ids.")
@@ -262,9 +331,15 @@ def uniform_items(
     users = users.long()
     dev = users.device
     u = users.numel()
-    keys = _forbidden_keys(users, num_items, history, exclude_topk, padding_item)
-    n_forbidden = torch.bincount(keys // num_items, minlength=u)
-    avail = num_items - n_forbidden
+    if forbidden is None:
+        forbidden = ForbiddenItems(users, num_items, history=history, exclude_topk=exclude_topk,
+                                   padding_item=padding_item)
+    elif history is not None or exclude_topk is not None:
+        raise ValueError("pass either `forbidden` or `history`/`exclude_topk`, not both.")
+    elif not forbidden.matches(users, num_items):
+        raise ValueError("`forbidden` was built for other users or another item count.")
+    keys = forbidden.keys.to(dev)
+    avail = num_items - forbidden.counts.to(dev)
     need = 1 if replacement else n
     short = (avail < need).nonzero().squeeze(1)
     if short.numel():
@@ -286,7 +361,8 @@ def uniform_items(
         c = min(c, max(4 * num_items + 8, 2 * n))  # >= n: draws with replacement may exceed it
         cand = torch.randint(0, num_items, (pending.numel(), c), generator=generator,
                              device=gdev).to(dev)
-        valid = ~_is_member(keys, pending.unsqueeze(1) * num_items + cand)
+        valid = ~forbidden.contains(pending.unsqueeze(1).to(forbidden.keys.device),
+                                    cand.to(forbidden.keys.device)).to(dev)
         if not replacement:
             valid &= ~_mark_repeats(cand)
         got, ok = _first_valid(cand, valid, n)
@@ -308,6 +384,23 @@ def uniform_items(
                 idx = gumbel_topk(logw, n, generator=generator, sort=False)
             out[rows] = idx
     return out
+
+
+def sorted_rows(scores: Tensor) -> Tensor:
+    """Each row of a ``[R, C]`` score matrix sorted ascending: ``scores.sort(dim=1).values``.
+
+    On CPU NumPy's vectorised sort does it (AVX-512 quicksort where available: ~3.5x faster
+    than ``torch.sort`` on ml-100k's 944 x 1683 float32 scores, one thread); sorted *values*
+    are the same whatever the algorithm, so :func:`student_ranks` does not change.
+
+    Example:
+        >>> sorted_rows(torch.tensor([[3.0, 1.0, 2.0]]))
+        tensor([[1., 2., 3.]])
+    """
+    if scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64) and (
+            not scores.requires_grad):
+        return torch.from_numpy(np.sort(scores.numpy(), axis=1))
+    return scores.sort(dim=1).values
 
 
 def student_ranks(
@@ -339,7 +432,7 @@ def student_ranks(
                 raise ValueError(f"`score_fn` returned shape {tuple(sc.shape)}, expected "
                                  f"[chunk, {num_items}].")
             x = sc.gather(1, items[s:s + chunk_size].to(sc.device))
-            asc = sc.sort(dim=1).values
+            asc = sorted_rows(sc)
             le = torch.searchsorted(asc, x.contiguous(), right=True)
             out[s:s + chunk_size] = (num_items - le).to(out.device)
     return out

@@ -24,6 +24,7 @@ import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -31,7 +32,7 @@ from graphkd.graphs import EdgeSet
 from recsys.softlabels.history import HistoryLike, as_history, history_entries
 from recsys.softlabels.settings import UNSET, ExtractionSettings, resolve_settings
 
-__all__ = ["TopK", "teacher_topk", "as_users", "mask_chunk", "chunk_topk"]
+__all__ = ["TopK", "teacher_topk", "as_users", "mask_chunk", "chunk_topk", "stable_sort_prefix"]
 
 
 # ============================================================================ TopK
@@ -170,14 +171,55 @@ def _canonical_order(values: Tensor, index: Tensor) -> tuple[Tensor, Tensor]:
     return values, index.gather(1, perm)
 
 
+#: ``k >= FULL_SORT_FRACTION * num_items``: :func:`chunk_topk` sorts whole rows
+#: (:func:`stable_sort_prefix`), which beats ``topk(k + 1)`` plus the canonical reordering there
+#: (ml-100k, 944 x 1683 float32, one CPU thread: k=1000 141 ms vs 43 ms, k=400 59 ms vs 43 ms,
+#: k=200 35 ms vs 43 ms)
+FULL_SORT_FRACTION = 0.25
+
+
+def stable_sort_prefix(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """``sort(scores, dim=1, descending=True, stable=True)`` cut to its first ``k`` columns.
+
+    On CPU (float32/float64, no autograd) NumPy's vectorised ``argsort`` orders the rows
+    (AVX-512 quicksort where available, ~1.7x faster than a stable ``torch.sort``); it is not
+    stable, so rows where two of the first ``k + 1`` values are equal (ties, signed zeros,
+    ``-inf`` padding inside the prefix) or that hold a NaN are redone with ``torch.sort``.
+    Elsewhere the first ``k + 1`` values are strictly decreasing, which leaves one possible
+    order: the result equals the stable sort's.
+
+    Example:
+        >>> v, i = stable_sort_prefix(torch.tensor([[1.0, 3.0, 3.0, 2.0]]), 3)
+        >>> v.tolist(), i.tolist()
+        ([[3.0, 3.0, 2.0]], [[1, 2, 3]])
+    """
+    fast = (scores.device.type == "cpu" and scores.dtype in (torch.float32, torch.float64)
+            and not scores.requires_grad and scores.shape[1] > 0)
+    if not fast:
+        values, index = scores.sort(dim=1, descending=True, stable=True)
+        return values[:, :k].contiguous(), index[:, :k].contiguous()
+    kk = min(k + 1, scores.shape[1])
+    index = torch.from_numpy(np.argsort(np.negative(scores.numpy()), axis=1)[:, :kk])
+    values = scores.gather(1, index)
+    redo = torch.isnan(scores).any(1) | (values[:, 1:] == values[:, :-1]).any(1)
+    values, index = values[:, :k].contiguous(), index[:, :k].contiguous()
+    rows = redo.nonzero().squeeze(1)
+    if rows.numel():
+        sv, si = scores.index_select(0, rows).sort(dim=1, descending=True, stable=True)
+        values = values.index_copy(0, rows, sv[:, :k])
+        index = index.index_copy(0, rows, si[:, :k])
+    return values, index
+
+
 def chunk_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
     """Top-``k`` ``(values, columns)`` of each row, equal to
     ``sort(scores, descending=True, stable=True)[:, :k]`` (ties by increasing column).
 
     ``torch.topk`` with ``k + 1`` picks the set and detects ties across the boundary (the
     ``k``-th and ``k+1``-th values are equal); those rows (rare for real-valued scores) are
-    redone with a stable full sort. NaN sorts above every number, so a row holding a NaN has
-    NaN in its first returned value.
+    redone with a stable full sort. For ``k >= FULL_SORT_FRACTION * num_items`` (e.g. CD's
+    top-3000 on a small catalogue) every row is sorted stably at once (the same result). NaN
+    sorts above every number, so a row holding a NaN has NaN in its first returned value.
 
     Example:
         >>> v, i = chunk_topk(torch.tensor([[1.0, 3.0, 3.0, 2.0]]), 2)
@@ -185,6 +227,8 @@ def chunk_topk(scores: Tensor, k: int) -> tuple[Tensor, Tensor]:
         ([[3.0, 3.0]], [[1, 2]])
     """
     n_cols = scores.shape[1]
+    if k >= FULL_SORT_FRACTION * n_cols:
+        return stable_sort_prefix(scores, k)
     values, index = scores.topk(min(k + 1, n_cols), dim=1, largest=True, sorted=True)
     if n_cols > k:
         boundary = values[:, k] == values[:, k - 1]

@@ -15,12 +15,14 @@ import torch
 from scipy.stats import chisquare
 
 from recsys.samplers import (
+    ForbiddenItems,
     discrepancy_sample,
     group_topk,
     gumbel_topk,
     pair_sample,
     popularity_groups,
     rank_aware_sample,
+    sorted_rows,
     student_ranks,
     tournament_sample,
     uniform_items,
@@ -254,3 +256,70 @@ def test_uniform_items_with_replacement_more_draws_than_items():
     assert out.shape == (2, 100)
     assert set(out[0].tolist()) <= {1, 2, 3, 4} and set(out[1].tolist()) <= {3, 4}
     assert set(out[1].tolist()) == {3, 4}
+
+
+# ----------------------------------------------------------------------------- forbidden sets
+@pytest.mark.parametrize("replacement", [False, True])
+@pytest.mark.parametrize("max_rounds", [4, 0])
+def test_uniform_items_forbidden_cache_draws_exactly_the_same(monkeypatch, replacement,
+                                                             max_rounds):
+    """A prebuilt ForbiddenItems (dense mask or sorted keys) gives the very draws of the
+    straightforward call (keys built inside and searched, the behaviour before the cache)."""
+    import recsys.samplers as smp
+
+    h = _hist()
+    users = torch.arange(NU).repeat(40)
+    top = torch.randint(1, NI, (users.numel(), 3), generator=_gen(20))
+    kw = {"replacement": replacement, "max_rounds": max_rounds}
+    monkeypatch.setattr(smp, "DENSE_FORBIDDEN_BUDGET", 0)  # keys only: the old lookup
+    plain = uniform_items(users, NI, 6, history=h, exclude_topk=top, generator=_gen(21), **kw)
+    keys_only = smp.ForbiddenItems(users, NI, history=h, exclude_topk=top)
+    assert keys_only.mask is None
+    monkeypatch.setattr(smp, "DENSE_FORBIDDEN_BUDGET", 1 << 26)
+    dense = smp.ForbiddenItems(users, NI, history=h, exclude_topk=top)
+    assert dense.mask is not None and torch.equal(dense.keys, keys_only.keys)
+    for forbidden in (keys_only, dense, dense):  # reused across calls, like epochs
+        again = uniform_items(users, NI, 6, forbidden=forbidden, generator=_gen(21), **kw)
+        assert torch.equal(again, plain)
+
+
+def test_forbidden_items_membership_matches_sets():
+    h = _hist()
+    users = torch.tensor([4, 0, 3])
+    top = torch.tensor([[1, 2], [6, 7], [8, 9]])
+    f = ForbiddenItems(users, NI, history=h, exclude_topk=top)
+    hist_sets = {0: {3, 4, 5}, 3: set(), 4: {10, 11, 12, 13}}
+    rows = torch.arange(3).unsqueeze(1).expand(3, NI)
+    items = torch.arange(NI).expand(3, NI)
+    got = f.contains(rows, items)
+    for r, u in enumerate(users.tolist()):
+        want = hist_sets[u] | set(top[r].tolist()) | {0}
+        assert {i for i in range(NI) if got[r, i]} == want
+        assert int(f.counts[r]) == len(want)
+    f.mask = None  # the sorted-keys lookup says the same
+    assert torch.equal(f.contains(rows, items), got)
+
+
+def test_uniform_items_forbidden_errors():
+    h = _hist()
+    f = ForbiddenItems(torch.arange(3), NI, history=h)
+    with pytest.raises(ValueError, match="other users"):
+        uniform_items(torch.arange(4), NI, 2, forbidden=f)
+    with pytest.raises(ValueError, match="other users"):
+        uniform_items(torch.arange(3), NI + 1, 2, forbidden=f)
+    with pytest.raises(ValueError, match="not both"):
+        uniform_items(torch.arange(3), NI, 2, forbidden=f, history=h)
+    with pytest.raises(ValueError, match="1-D integer"):
+        ForbiddenItems(torch.zeros(2, 2, dtype=torch.long), NI)
+
+
+def test_sorted_rows_equal_torch_sort_values():
+    g = _gen(22)
+    x = torch.randn(50, 300, generator=g)
+    x[0, :10] = 0.5  # ties
+    x[1, :5] = -torch.inf
+    x[2, :4], x[2, 4:8] = -0.0, 0.0
+    for t in (x, x.double()):
+        assert torch.equal(sorted_rows(t), t.sort(dim=1).values)
+    half = x.half()  # not NumPy's: torch.sort
+    assert torch.equal(sorted_rows(half), half.sort(dim=1).values)
