@@ -74,6 +74,11 @@ method       once / per epoch                              per batch (``forward`
 ``hint``     trainable adapters.                            embeddings of unique users and items.
 ===========  ============================================  =========================================
 
+Sequential recommenders (one row per training sequence prefix, :mod:`recsys.recbole.sequential`):
+``sampled_kd`` takes the student's and teacher's logits of each prefix's teacher top-K (+ items
+sampled outside it); ``hidden_state`` the student's and teacher's sequence representations
+``[B, d]`` (trainable projector). RD and RRD take the same per-prefix score lists as above.
+
 Teacher tensors are treated as constants (detached) by every loss. Numerics, as in graphkd: an
 empty batch raises ``ValueError("<method>: got an empty batch (0 samples); ...")``, float16 /
 bfloat16 scores are computed in float32 and the loss returned in their dtype, and a module's
@@ -88,6 +93,16 @@ from recsys.losses._base import (
     ranking_loss_names,
     register,
 )
+from recsys.losses.ader import ADERKD, ader_kd_loss, ader_weight
+from recsys.losses.adversarial import (
+    ADKD,
+    ListDiscriminator,
+    dcg_weights,
+    discriminator_loss,
+    generator_loss,
+    plackett_luce_log_prob,
+)
+from recsys.losses.aekd import AEKD, AEKD_FORMS, aekd_loss
 from recsys.losses.baselines import (
     EmbeddingHint,
     ListwiseKD,
@@ -97,6 +112,14 @@ from recsys.losses.baselines import (
     score_kd_loss,
 )
 from recsys.losses.cd import CD, CD_GUIDES, cd_loss, cd_soft_labels
+from recsys.losses.ctr import (
+    CTR_LOSSES,
+    LogitHint,
+    SoftLabelBCE,
+    get_ctr_loss,
+    logit_hint,
+    soft_label_bce,
+)
 from recsys.losses.dcd import DCD, DCD_SIDES, dcd_loss
 from recsys.losses.de import (
     DE,
@@ -119,6 +142,12 @@ from recsys.losses.rd import (
     rd_weights,
 )
 from recsys.losses.rrd import RRD, plackett_luce_denominators, rrd_loss
+from recsys.losses.sequential import (
+    HiddenStateKD,
+    SampledKD,
+    hidden_state_loss,
+    sampled_kd_loss,
+)
 from recsys.losses.topology import (
     FTD,
     HTD,
@@ -141,4 +170,10 @@ __all__ = [
     "FTD", "HTD", "ftd_loss", "htd_loss", "group_relation_graph", "group_prototypes",
     "UnKD", "unkd_loss",
     "ScoreKD", "ListwiseKD", "EmbeddingHint", "score_kd_loss", "listwise_kd_loss", "hint_loss",
+    "SampledKD", "HiddenStateKD", "sampled_kd_loss", "hidden_state_loss",
+    "CTR_LOSSES", "SoftLabelBCE", "LogitHint", "soft_label_bce", "logit_hint", "get_ctr_loss",
+    "AEKD", "AEKD_FORMS", "aekd_loss",
+    "ADKD", "ListDiscriminator", "dcg_weights", "discriminator_loss", "generator_loss",
+    "plackett_luce_log_prob",
+    "ADERKD", "ader_kd_loss", "ader_weight",
 ]

@@ -27,6 +27,7 @@ from graphkd.registry import Registry
 from recsys.losses import CD, DCD, DE, FTD, HTD, RD, RRD, UnKD
 from recsys.recbole.context import DistillContext, entity_embeddings
 from recsys.samplers import (
+    ForbiddenItems,
     discrepancy_sample,
     group_topk,
     pair_sample,
@@ -160,7 +161,7 @@ class _LossAdapter(DistillMethod):
     def top_items(self, users: Tensor, k: int | None = None) -> Tensor:
         """``[B, k]`` the teacher's top-``k`` unobserved items of ``users`` (rank order)."""
         top = self.ctx.require_soft_labels()
-        idx = top.indices[users]
+        idx = top.indices.index_select(0, users.to(top.indices.device))
         return idx if k is None else idx[:, :k]
 
 
@@ -296,6 +297,7 @@ class RDAdapter(_LossAdapter):
     def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
         super().__init__(ctx, params, num_items=ctx.n_items)
         self.sampled: Tensor | None = None
+        self._forbidden: ForbiddenItems | None = None
 
     @property
     def topk(self) -> int:
@@ -316,11 +318,14 @@ class RDAdapter(_LossAdapter):
         outside the user's training history (padding item 0 excluded), drawn with replacement
         as every reference does (graytowne/rank_distill ``_generate_negative_samples``,
         chengang95/UnKD and woriazzc/KDs ``Sample_neg``): vectorised rejection of the few
-        history hits (:func:`~recsys.samplers.uniform_items`)."""
+        history hits (:func:`~recsys.samplers.uniform_items`; the forbidden sets are built
+        once per run)."""
         c = self.ctx
         users = torch.arange(c.n_users, device=c.device)
+        if self._forbidden is None:
+            self._forbidden = ForbiddenItems(users, c.n_items, history=c.history)
         return uniform_items(users, c.n_items, self.loss.num_dynamic_samples,
-                             history=c.history, replacement=True,
+                             forbidden=self._forbidden, replacement=True,
                              generator=self.generator).to(c.device)
 
     def forward(self, interaction: Any) -> Tensor:
@@ -331,7 +336,8 @@ class RDAdapter(_LossAdapter):
             if self.sampled is None:
                 self.on_epoch_start(self.loss.epoch)
             with torch.no_grad():
-                sampled = self.ctx.student_scores(users, self.sampled[users])
+                sampled = self.ctx.student_scores(users,
+                                                  self.sampled.index_select(0, users))
         return self.loss(scores, sampled)
 
 
@@ -353,11 +359,12 @@ class _SampledListAdapter(_LossAdapter):
         raise NotImplementedError
 
     def batch_tables(self, interaction: Any) -> tuple[Tensor, tuple[Tensor, ...]]:
-        """The batch's unique users and their rows of every sample table."""
+        """The batch's unique users and their rows of every sample table (``index_select``:
+        the same rows as ``t[users]``, ~4x faster on CPU)."""
         if not self.tables:
             self.on_epoch_start(max(self._epoch, 0))
         users = self.ctx.batch_users(interaction)
-        return users, tuple(t[users] for t in self.tables)
+        return users, tuple(t.index_select(0, users) for t in self.tables)
 
     def scores(self, users: Tensor, *lists: Tensor) -> tuple[Tensor, ...]:
         """Student scores of several ``[B, n_i]`` item lists in one ``predict`` call."""
@@ -400,9 +407,23 @@ class RRDAdapter(_SampledListAdapter):
     loss_cls = RRD
     extra_defaults = {"reduction": "per_interaction"}
 
+    def __init__(self, ctx: DistillContext, params: dict[str, Any]) -> None:
+        super().__init__(ctx, params)
+        #: (soft labels it was built from, the uninteresting items' forbidden sets): the
+        #: history and the teacher's top-M do not change between epochs
+        self._forbidden: tuple[Any, ForbiddenItems] | None = None
+
     @property
     def topk(self) -> int:
         return int(self.loss.m)
+
+    def forbidden(self, top: Any) -> ForbiddenItems:
+        """Each user's history, top-``m`` and padding item, built once per soft labels."""
+        if self._forbidden is None or self._forbidden[0] is not top:
+            self._forbidden = (top, ForbiddenItems(self.all_users, self.ctx.n_items,
+                                                   history=self.ctx.history,
+                                                   exclude_topk=top.indices))
+        return self._forbidden[1]
 
     def resample(self) -> tuple[Tensor, ...]:
         top, k = self.soft_labels(self.loss.k)
@@ -416,8 +437,7 @@ class RRDAdapter(_SampledListAdapter):
             raise ValueError(f"RRD: no item is left outside the teacher's top-{m} and the "
                              "history for some user: lower distill_params.m")
         boring = uniform_items(self.all_users, self.ctx.n_items, min(self.loss.l, free),
-                               history=self.ctx.history, exclude_topk=top.indices,
-                               generator=self.generator)
+                               forbidden=self.forbidden(top), generator=self.generator)
         return interesting, boring
 
     def forward(self, interaction: Any) -> Tensor:
@@ -610,7 +630,7 @@ class DCDAdapter(_SampledListAdapter):
         if not self.loss.item_side:
             return self.loss(s_under, s_over, num_interactions=n)
         items = torch.unique(interaction[self.ctx.item_field])
-        i_under, i_over, v_under, v_over = (t[items] for t in self.item_tables)
+        i_under, i_over, v_under, v_over = (t.index_select(0, items) for t in self.item_tables)
         t_under, t_over = _item_list_scores(
             self.ctx, self.ctx.student, items, torch.cat([i_under, i_over], 1)).split(
                 [i_under.shape[1], i_over.shape[1]], dim=1)
@@ -671,7 +691,7 @@ class UnKDAdapter(_SampledListAdapter):
         if not self.tables:
             self.on_epoch_start(max(self._epoch, 0))
         users, counts = torch.unique(interaction[self.ctx.user_field], return_counts=True)
-        items_i, items_j, valid = (t[users] for t in self.tables)
+        items_i, items_j, valid = (t.index_select(0, users) for t in self.tables)
         s_i, s_j = self.scores(users, items_i, items_j)
         return self.loss(s_i, s_j, valid=valid, weights=counts)
 
@@ -721,3 +741,8 @@ class DERRD(_Combined):
 
     parts = ("de", "rrd")
     defaults = {"de": {}, "rrd": {}}
+
+
+# methods defined in their own modules (registered on import; they import this module)
+from recsys.recbole import adversarial as _adversarial  # noqa: E402,F401
+from recsys.recbole import autoencoder as _autoencoder  # noqa: E402,F401

@@ -29,7 +29,7 @@ import hashlib
 import json
 import logging
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,10 +41,20 @@ from recsys.recbole.compat import apply_patches, make_config
 from recsys.recbole.methods import METHODS
 from recsys.recbole.model import distill_model_class
 from recsys.recbole.trainer import DistillTrainer, load_trainer_checkpoint, safe_trainer_class
-from recsys.recbole.zoo import build_recbole_model, model_class, save_model_state
+from recsys.recbole.zoo import (
+    build_recbole_model,
+    check_student,
+    model_class,
+    model_defaults,
+    model_type_name,
+    save_model_state,
+)
 
 __all__ = [
     "DEFAULTS_YAML",
+    "DistillPath",
+    "DISTILL_PATHS",
+    "distill_path",
     "method_yaml",
     "build_config",
     "check_dataset_name",
@@ -69,13 +79,149 @@ _NOT_IN_KEY = {"device", "gpu_id", "show_progress", "state", "checkpoint_dir", "
                "softlabel_mmap", "nproc", "world_size", "ip", "port", "offset"}
 
 
-def method_yaml(method: str) -> Path:
-    """The shipped YAML defaults of ``method`` (``recsys/recbole/<method>.yaml``).
+@dataclass(frozen=True)
+class DistillPath:
+    """How students of one RecBole model type are distilled.
+
+    Attributes:
+        methods: the registry of method names this path accepts (``none`` included).
+        wrapper: ``student name -> `` the RecBole model class (teacher + student + method) that
+            RecBole's ``Config``, data pipeline and trainer see; its ``type`` selects RecBole's
+            data pipeline (general: per-user interactions; sequential: one row per prefix).
+        teacher_types: ``ModelType`` names a teacher may have on this path.
+        yaml_prefix: the methods' shipped YAML files are ``recsys/recbole/<prefix><method>.yaml``.
+        config_hook: ``(student, student_config, config_dict) -> config_dict`` entries the
+            wrapper needs in the config (e.g. the student's ``loss_type``).
+    """
+
+    methods: Any
+    wrapper: Callable[[str], type]
+    teacher_types: frozenset[str]
+    yaml_prefix: str = ""
+    config_hook: Callable[[str, dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    #: ``config -> (train, valid, test)`` data loaders (default :func:`prepare_data`)
+    prepare: Callable[[Any], tuple[Any, Any, Any]] | None = None
+
+
+def general_teacher_types() -> frozenset[str]:
+    """Teacher ``ModelType`` names of general students (knowledge-aware teachers are exported
+    as their final embeddings, :mod:`recsys.recbole.kg`)."""
+    return frozenset({"GENERAL", "TRADITIONAL", "KNOWLEDGE"})
+
+
+def _general_path() -> DistillPath:
+    return DistillPath(METHODS, distill_model_class, general_teacher_types())
+
+
+def _autoencoder_path() -> DistillPath:
+    from recsys.recbole.autoencoder import autoencoder_path
+
+    return autoencoder_path()
+
+
+def _sequential_path() -> DistillPath:
+    from recsys.recbole.sequential import (
+        SEQUENTIAL_METHODS,
+        sequential_config,
+        sequential_model_class,
+    )
+
+    return DistillPath(SEQUENTIAL_METHODS, sequential_model_class, frozenset({"SEQUENTIAL"}),
+                       yaml_prefix="seq_", config_hook=sequential_config)
+
+
+#: student ``ModelType`` name -> its :class:`DistillPath` (built on first use). One entry per
+#: data pipeline: adding a model family is one entry here and one in
+#: :data:`recsys.recbole.zoo.MODEL_TYPES`.
+DISTILL_PATHS: dict[str, Callable[[], DistillPath]] = {
+    "GENERAL": _general_path,
+    "SEQUENTIAL": _sequential_path,
+}
+
+
+def _path_of_type(kind: str) -> DistillPath:
+    try:
+        return DISTILL_PATHS[kind]()
+    except KeyError:
+        raise ValueError(f"no distillation path for {kind} students; students may be: "
+                         f"{', '.join(sorted(DISTILL_PATHS))} models") from None
+
+
+#: student class name -> its :class:`DistillPath` where it differs from its ``ModelType``'s:
+#: RecBole's autoencoders train on whole user rows (:mod:`recsys.recbole.autoencoder`).
+STUDENT_PATHS: dict[str, Callable[[], DistillPath]] = {
+    name: _autoencoder_path for name in ("MultiDAE", "MultiVAE", "CDAE", "RecVAE")}
+
+
+def distill_path(student: str) -> DistillPath:
+    """The :class:`DistillPath` of ``student`` (chosen by its RecBole ``ModelType``).
+
+    Raises:
+        ValueError: unknown model (with close names), a teacher-only model, or a model type
+            without a path.
+    """
+    cls = check_student(student)
+    special = STUDENT_PATHS.get(cls.__name__)
+    return special() if special is not None else _path_of_type(model_type_name(cls))
+
+
+def method_yaml(method: str, path: DistillPath | None = None) -> Path:
+    """The shipped YAML defaults of ``method`` on ``path`` (default: general recommenders):
+    ``recsys/recbole/<prefix><method>.yaml``.
 
     Raises:
         ValueError: unknown method (lists the valid ones).
     """
-    return _HERE / f"{METHODS.get(method).name}.yaml"
+    path = path or _general_path()
+    return _HERE / f"{path.yaml_prefix}{path.methods.get(method).name}.yaml"
+
+
+def _path_of_model(model: Any) -> DistillPath:
+    """The path of a model given to :func:`build_config` (a wrapper class, or a name)."""
+    cls = model if isinstance(model, type) else model_class(model)
+    return _path_of_type(model_type_name(cls))
+
+
+def _user_setting(key: str, config_dict: dict[str, Any], files: list[str]) -> tuple[bool, Any]:
+    """``(found, value)`` of ``key`` in the user's config (``config_dict`` over the files)."""
+    if key in config_dict:
+        return True, config_dict[key]
+    found, value = False, None
+    for f in files:
+        try:
+            data = yaml.safe_load(Path(f).read_text(encoding="utf-8"))
+        except (OSError, yaml.YAMLError):  # RecBole reports an unreadable file itself
+            continue
+        if isinstance(data, dict) and key in data:
+            found, value = True, data[key]
+    return found, value
+
+
+def _ce_sampling(model: Any, config_dict: dict[str, Any], files: list[str]) -> dict[str, Any]:
+    """``train_neg_sample_args: None`` where RecBole's default negative sampling is wrong.
+
+    * a sequential model trained with ``loss_type: CE``: RecBole's ``overall.yaml`` samples one
+      negative per interaction, and ``Config`` refuses that ("train_neg_sample_args [...] should
+      be None when the loss_type is CE"); RecBole's own sequential examples set it by hand;
+    * a traditional model (Pop, ItemKNN): nothing is trained by gradient, and Pop's
+      ``calculate_loss`` counts every item of the (pointwise) training rows, so sampled
+      negatives would count as interactions (its scores would not be the item popularity).
+
+    Done unless the user set ``train_neg_sample_args`` themselves.
+    """
+    cls = model if isinstance(model, type) else model_class(model)
+    if _user_setting("train_neg_sample_args", config_dict, files)[0]:
+        return config_dict
+    if model_type_name(cls) == "TRADITIONAL":
+        return {**config_dict, "train_neg_sample_args": None}
+    if model_type_name(cls) != "SEQUENTIAL" or getattr(cls, "input_type", None) is not None:
+        return config_dict
+    found, loss = _user_setting("loss_type", config_dict, files)
+    if not found:
+        loss = model_defaults(cls.__name__).get("loss_type")
+    if str(loss).upper() == "CE":
+        return {**config_dict, "train_neg_sample_args": None}
+    return config_dict
 
 
 def _read_yaml(path: Path) -> dict[str, Any]:
@@ -155,16 +301,18 @@ def build_config(model: Any, dataset: str, *, method: str | None = None,
     """
     check_dataset_name(dataset)
     files = [str(DEFAULTS_YAML)]
+    yaml_path = None
     if method is not None:
-        path = method_yaml(method)
-        if path.is_file():
-            files.append(str(path))
+        yaml_path = method_yaml(method, _path_of_model(model))
+        if yaml_path.is_file():
+            files.append(str(yaml_path))
     user_files = [str(f) for f in config_file_list or []]
     files += user_files
     user = _data_root(dict(config_dict or {}), user_files)
+    user = _ce_sampling(model, user, files)
     config = make_config(model, dataset, config_file_list=files, config_dict=user)
-    if method is not None:
-        shipped = _read_yaml(method_yaml(method)).get("distill_params") or {}
+    if yaml_path is not None:
+        shipped = _read_yaml(yaml_path).get("distill_params") or {}
         config["distill_params"] = deep_merge(shipped, config["distill_params"] or {})
         config["distill_method"] = str(method).lower()
     return config
@@ -266,14 +414,21 @@ def _fit_and_test(config: Any, model: nn.Module, trainer: Any, data: tuple[Any, 
         "epoch_seconds": list(trainer.epoch_seconds),
         "epoch_cpu_seconds": list(trainer.epoch_cpu_seconds),
         "checkpoint": str(trainer.saved_model_file) if saved else None,
+        "valid_curve": list(getattr(trainer, "valid_curve", [])),
     }
+
+
+def train_dataset(loader: Any) -> Any:
+    """The training ``Dataset`` of a RecBole train loader (RecBole's knowledge-graph loader
+    keeps it as ``_dataset``)."""
+    return loader.dataset if hasattr(loader, "dataset") else loader._dataset
 
 
 def train_model(model: str, dataset: str, *, model_config: dict[str, Any] | None = None,
                 config_file_list: list[str] | None = None,
                 config_dict: dict[str, Any] | None = None, saved: bool = True,
                 verbose: bool = False) -> TrainResult:
-    """Train and test one RecBole general recommender (a teacher, or a student alone).
+    """Train and test one RecBole model (a teacher, or a student alone).
 
     ``model_config`` (the model's hyperparameters) goes over ``config_dict``.
     """
@@ -284,7 +439,7 @@ def train_model(model: str, dataset: str, *, model_config: dict[str, Any] | None
                        config_dict={**(config_dict or {}), **(model_config or {})})
     data = prepare_data(cfg)
     init_seed(cfg["seed"], cfg["reproducibility"])
-    net = build_recbole_model(model, cfg, data[0].dataset, model_config or {})
+    net = build_recbole_model(model, cfg, train_dataset(data[0]), model_config or {})
     trainer = safe_trainer_class(model, cfg["MODEL_TYPE"])(cfg, net)
     result = _fit_and_test(cfg, net, trainer, data, saved, verbose)
     return TrainResult(net, cfg, result, data)
@@ -296,6 +451,18 @@ def _teacher_key(model: str, dataset: str, model_config: dict[str, Any],
                        config_dict={**config_dict, **model_config})
     items = {k: str(v) for k, v in cfg.final_config_dict.items() if k not in _NOT_IN_KEY}
     return hashlib.sha256(json.dumps(items, sort_keys=True).encode()).hexdigest()[:12]
+
+
+def _kg_teacher() -> Callable[..., tuple[Path, dict[str, Any] | None]]:
+    from recsys.recbole.kg import ensure_kg_teacher
+
+    return ensure_kg_teacher
+
+
+#: teacher ``ModelType`` name -> its own :func:`ensure_teacher` (knowledge-aware teachers: the
+#: KG data, RecBole's KG trainers, exported as their final embeddings; :mod:`recsys.recbole.kg`)
+TEACHER_TRAINERS: dict[str, Callable[[], Callable[..., tuple[Path, dict[str, Any] | None]]]] = {
+    "KNOWLEDGE": _kg_teacher}
 
 
 def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any] | None = None,
@@ -311,7 +478,11 @@ def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any]
     from graphkd.fileio import safe_child
 
     check_dataset_name(dataset)
-    model_class(teacher)  # validates the name (it is part of the file name)
+    special = TEACHER_TRAINERS.get(model_type_name(model_class(teacher)))  # validates the name
+    if special is not None:
+        return special()(teacher, dataset, teacher_config=teacher_config,
+                         config_file_list=config_file_list, config_dict=config_dict,
+                         run_dir=run_dir, verbose=verbose)
     teacher_config = dict(teacher_config or {})
     config_dict = dict(config_dict or {})
     key = _teacher_key(teacher, dataset, teacher_config, config_file_list, config_dict)
@@ -331,14 +502,17 @@ def ensure_teacher(teacher: str, dataset: str, *, teacher_config: dict[str, Any]
 def _distill_student(student: str, dataset: str, method: str, *,
                      config_file_list: list[str] | None, config_dict: dict[str, Any],
                      saved: bool, verbose: bool) -> dict[str, Any]:
-    """Build, train and test the ``DistillRecommender`` (in this process, or as one rank)."""
+    """Build, train and test the student's wrapper (``DistillRecommender``, or the wrapper of
+    the student's :class:`DistillPath`), in this process or as one rank."""
     from recbole.utils import init_seed
 
-    cfg = build_config(distill_model_class(student), dataset, method=method,
+    path = distill_path(student)
+    wrapper = path.wrapper(student)
+    cfg = build_config(wrapper, dataset, method=method,
                        config_file_list=config_file_list, config_dict=config_dict)
-    data = prepare_data(cfg)
+    data = (path.prepare or prepare_data)(cfg)
     init_seed(cfg["seed"], cfg["reproducibility"])
-    model = distill_model_class(student)(cfg, data[0].dataset)
+    model = wrapper(cfg, data[0].dataset)
     trainer = DistillTrainer(cfg, model)
     result = _fit_and_test(cfg, model, trainer, data, saved, verbose)
     return {**result, "softlabel_seconds": model.softlabel_seconds, **_replica_check(cfg, model)}
@@ -461,8 +635,11 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
     Args:
         teacher: RecBole model name of the teacher (trained here unless a state file for it
             exists under ``run_dir``); ignored when ``teacher_checkpoint`` is given.
-        student: RecBole model name of the student.
-        method: a name from :func:`recsys.recbole.methods.available_methods`.
+        student: RecBole model name of the student; its ``ModelType`` picks the path
+            (:data:`DISTILL_PATHS`): a general student takes a general or traditional (Pop,
+            ItemKNN) teacher, a sequential one (SASRec, GRU4Rec, ...) a sequential teacher.
+        method: a name of the student's path: :func:`recsys.recbole.methods.available_methods`
+            (general) or :data:`recsys.recbole.sequential.SEQUENTIAL_METHODS` (sequential).
         dataset: dataset name (see :func:`build_config`).
         teacher_config, student_config: each model's own hyperparameters.
         teacher_checkpoint: a teacher state file or RecBole checkpoint to use as is.
@@ -483,9 +660,18 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
         (``{"model", "checkpoint", "result"}``; ``result`` is None when the teacher was reused).
         With several nodes, only the node holding rank 0 gets the result (others get None).
     """
+    from recsys.recbole.ctr_runner import ctr_route
+
+    ctr = ctr_route(student, method, teacher)  # context-aware student: the CTR methods
+    if ctr is not None:
+        return ctr(teacher, student, method, dataset, teacher_config=teacher_config,
+                   student_config=student_config, teacher_checkpoint=teacher_checkpoint,
+                   config_file_list=config_file_list, config_dict=config_dict,
+                   run_dir=run_dir, saved=saved, verbose=verbose, nproc=nproc,
+                   world_size=world_size)
     key = str(method).lower()
-    method_yaml(key)  # validates the name before any training
-    model_class(student)
+    path = distill_path(student)  # validates the student's name and type
+    method_yaml(key, path)  # validates the method's name before any training
     check_dataset_name(dataset)
     _refuse_external_launcher()
     config_dict = dict(config_dict or {})
@@ -513,6 +699,11 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
     else:
         if teacher is None:
             raise ValueError("pass teacher=<RecBole model name> or teacher_checkpoint=<path>")
+        kind = model_type_name(model_class(teacher))
+        if kind not in path.teacher_types:
+            raise ValueError(f"teacher {teacher} is a {kind} model but student {student} "
+                             f"takes a teacher of type {' or '.join(sorted(path.teacher_types))}"
+                             " (the teacher scores the student's data)")
         teacher_path, tres = ensure_teacher(teacher, dataset, teacher_config=teacher_config,
                                             config_file_list=config_file_list,
                                             config_dict=config_dict, run_dir=run_dir,
@@ -522,6 +713,8 @@ def run_distillation(teacher: str | None = "BPR", student: str = "BPR", method: 
     config_dict.setdefault("softlabel_cache_dir", str(Path(run_dir) / "softlabels"))
     config_dict.update({"student": student, "student_config": student_config,
                         "teacher_checkpoint": str(teacher_path)})
+    if path.config_hook is not None:
+        config_dict = path.config_hook(student, student_config, config_dict)
     res = launch(_distill_student, (student, dataset, key), {
         "config_file_list": config_file_list, "config_dict": config_dict, "saved": saved,
         "verbose": verbose})

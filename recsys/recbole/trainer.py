@@ -46,6 +46,16 @@ def _number(x: Any) -> float | int:
     return int(x) if isinstance(x, int) else float(x)
 
 
+def _loadable_others(other: Any) -> Any:
+    """RecBole's ``other_parameter()`` without what ``weights_only`` loading refuses: tensors
+    and plain values are kept (Pop's item counts); others (ItemKNN's scipy similarity
+    matrices) are left out -- the model's constructor rebuilds them from the dataset."""
+    if not isinstance(other, dict):
+        return other
+    plain = (torch.Tensor, bool, int, float, str, type(None))
+    return {k: v for k, v in other.items() if isinstance(v, plain)}
+
+
 def load_trainer_checkpoint(path: str | os.PathLike,
                             map_location: Any = "cpu") -> dict[str, Any]:
     """Load a RecBole trainer checkpoint written by :class:`SafeCheckpointMixin`
@@ -100,6 +110,8 @@ class SafeCheckpointMixin:
             self.evaluator = GlobalEvaluator(self.evaluator)
         self.epoch_seconds: list[float] = []
         self.epoch_cpu_seconds: list[float] = []
+        #: one ``{"epoch", "score", "result"}`` per validation (the validation curve)
+        self.valid_curve: list[dict[str, Any]] = []
 
     def _train_epoch(self, train_data: Any, epoch_idx: int, loss_func: Any = None,
                      show_progress: bool = False) -> Any:
@@ -113,6 +125,13 @@ class SafeCheckpointMixin:
 
     def _before_epoch(self, epoch_idx: int) -> None:
         """Hook run before each training epoch, inside the timed span."""
+
+    def _valid_epoch(self, valid_data: Any, *args: Any, **kwargs: Any) -> Any:
+        """RecBole's validation, recorded in ``valid_curve`` (epoch = epochs trained - 1)."""
+        score, result = super()._valid_epoch(valid_data, *args, **kwargs)
+        self.valid_curve.append({"epoch": len(self.epoch_seconds) - 1, "score": float(score),
+                                 "result": {k: float(v) for k, v in dict(result).items()}})
+        return score, result
 
     @property
     def distributed(self) -> bool:
@@ -130,7 +149,7 @@ class SafeCheckpointMixin:
             "cur_step": int(self.cur_step),
             "best_valid_score": _number(self.best_valid_score),
             "state_dict": self.model.state_dict(),
-            "other_parameter": self.model.other_parameter(),
+            "other_parameter": _loadable_others(self.model.other_parameter()),
             "optimizer": self.optimizer.state_dict(),
         }
         extras = getattr(self.model, "checkpoint_extras", None)

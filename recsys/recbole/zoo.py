@@ -1,5 +1,6 @@
-"""Build any RecBole general recommender by name with its own hyperparameters; save and load
-model state files that load with ``torch.load(..., weights_only=True)``.
+"""Build a RecBole recommender (general, sequential, traditional: :data:`MODEL_TYPES`) by name
+with its own hyperparameters; save and load model state files that load with
+``torch.load(..., weights_only=True)``.
 
 A *sub-model config* is the experiment's RecBole ``Config`` (data fields, device, ...) overlaid
 with the model's own YAML defaults shipped in RecBole (``recbole/properties/model/<Name>.yaml``)
@@ -32,7 +33,13 @@ from recsys.recbole.compat import load_recbole_checkpoint
 
 __all__ = [
     "STATE_FORMAT",
+    "MODEL_TYPES",
+    "TEACHER_ONLY_TYPES",
     "model_class",
+    "check_student",
+    "model_type_name",
+    "recbole_model_names",
+    "did_you_mean",
     "model_defaults",
     "model_config",
     "build_recbole_model",
@@ -45,26 +52,90 @@ __all__ = [
 STATE_FORMAT = "graphkd.recbole.model/1"
 
 
+#: RecBole model types (``ModelType`` member names) that teacher and student may have, each with
+#: the one-line description used in error messages. The data pipeline of a run is the student's
+#: type's (:mod:`recsys.recbole.runner` dispatches on it); ``TRADITIONAL`` models (Pop, ItemKNN)
+#: score every item but learn no parameters by gradient, so they may only be teachers.
+MODEL_TYPES: dict[str, str] = {
+    "GENERAL": "general recommenders (BPR, NeuMF, LightGCN, ...)",
+    "SEQUENTIAL": "sequential recommenders (SASRec, GRU4Rec, BERT4Rec, NARM, ...)",
+    "TRADITIONAL": "traditional recommenders (Pop, ItemKNN; teacher only)",
+    "CONTEXT": "context-aware CTR models (FM, DeepFM, WideDeep, DCN, xDeepFM, AutoInt, ...)",
+    "KNOWLEDGE": "knowledge-aware recommenders (KGAT, CKE; teacher only, recsys.recbole.kg)",
+}
+#: model types that cannot be a student (nothing to train by gradient)
+TEACHER_ONLY_TYPES: frozenset[str] = frozenset({"TRADITIONAL", "KNOWLEDGE"})
+
+
+def recbole_model_names() -> list[str]:
+    """Every model RecBole ships (the names of its ``properties/model/<Name>.yaml`` files)."""
+    import recbole
+
+    folder = Path(recbole.__file__).parent / "properties" / "model"
+    return sorted(p.stem for p in folder.glob("*.yaml"))
+
+
+def did_you_mean(name: str, choices: list[str] | None = None) -> str:
+    """`` (did you mean 'MultiVAE'?)`` for the closest RecBole model names to ``name``
+    (case-insensitive :func:`difflib.get_close_matches`), or ``""`` when none is close.
+
+    Example:
+        >>> did_you_mean("MultVAE")
+        " (did you mean 'MultiVAE' or 'MultiDAE'?)"
+    """
+    import difflib
+
+    choices = recbole_model_names() if choices is None else choices
+    lower = {c.lower(): c for c in choices}
+    hits = difflib.get_close_matches(str(name).lower(), list(lower), n=3, cutoff=0.6)
+    if not hits:
+        return ""
+    return " (did you mean " + " or ".join(repr(lower[h]) for h in hits) + "?)"
+
+
+def model_type_name(cls: type) -> str:
+    """The ``ModelType`` member name of a RecBole model class (``"GENERAL"``, ...; ``"?"``)."""
+    kind = getattr(cls, "type", None)
+    return str(getattr(kind, "name", "?"))
+
+
 def model_class(name: str) -> type:
-    """The RecBole general-recommender class called ``name`` (e.g. ``"BPR"``, ``"LightGCN"``).
+    """The RecBole model class called ``name`` (e.g. ``"BPR"``, ``"LightGCN"``, ``"SASRec"``).
+
+    Accepted: the model types of :data:`MODEL_TYPES` (general and sequential recommenders, and
+    traditional ones such as Pop / ItemKNN, which only :func:`check_student` refuses).
 
     Raises:
-        ValueError: unknown name, or not a general recommender (sequential, context-aware and
-            knowledge-aware models need other data and cannot be used here).
+        ValueError: unknown name (with the closest RecBole names: ``MultVAE`` -> ``MultiVAE``),
+            or a model type no data pipeline here serves (decision-tree models, ...).
     """
-    from recbole.utils import ModelType, get_model
+    from recbole.utils import get_model
 
     if not isinstance(name, str) or not name:
         raise ValueError(f"model name must be a non-empty string, got {name!r}")
     try:
         cls = get_model(name)
     except (ValueError, AttributeError, ImportError) as exc:
-        raise ValueError(f"unknown RecBole model {name!r}: use a RecBole general recommender "
-                         "name such as 'BPR', 'NeuMF', 'LightGCN', 'NGCF', 'DMF'") from exc
-    if getattr(cls, "type", None) != ModelType.GENERAL:
-        raise ValueError(f"{name} is a {getattr(cls, 'type', '?')} model; only RecBole general "
-                         "recommenders (ModelType.GENERAL, e.g. BPR, NeuMF, LightGCN) can be "
-                         "teacher or student")
+        raise ValueError(f"unknown RecBole model {name!r}{did_you_mean(name)}: use a RecBole "
+                         "model name such as 'BPR', 'LightGCN', 'SASRec', 'GRU4Rec'") from exc
+    kind = model_type_name(cls)
+    if kind not in MODEL_TYPES:
+        raise ValueError(f"{name} is a {kind} model; teacher and student must be RecBole "
+                         + ", ".join(MODEL_TYPES.values()))
+    return cls
+
+
+def check_student(name: str) -> type:
+    """:func:`model_class` for a student: also refuses teacher-only types (Pop, ItemKNN).
+
+    Raises:
+        ValueError: as :func:`model_class`, or a model with nothing to train by gradient.
+    """
+    cls = model_class(name)
+    if model_type_name(cls) in TEACHER_ONLY_TYPES:
+        raise ValueError(f"{name} is a {model_type_name(cls)} model "
+                         f"({MODEL_TYPES[model_type_name(cls)]}): it can be a teacher, not a "
+                         "student")
     return cls
 
 
@@ -194,7 +265,19 @@ def save_model_state(model: nn.Module, path: str | os.PathLike, *, name: str, co
         **dataset_fingerprint(dataset),
         "state_dict": {k: v.detach().cpu() for k, v in model.state_dict().items()},
     }
+    other = _tensor_others(model)
+    if other:
+        state["other_parameter"] = other
     return atomic_torch_save(state, path)
+
+
+def _tensor_others(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The tensors among RecBole's ``other_parameter()`` (Pop's item counts): state that is not
+    in ``state_dict``. Other entries (ItemKNN's scipy similarity matrix) are rebuilt from the
+    dataset by the model's constructor, so they are not saved."""
+    other = model.other_parameter() if hasattr(model, "other_parameter") else {}
+    return {str(k): v.detach().cpu() for k, v in (other or {}).items()
+            if isinstance(v, torch.Tensor)}
 
 
 def file_digest(path: str | os.PathLike) -> str:
@@ -210,8 +293,9 @@ def _first_line(exc: BaseException) -> str:
     return next(iter(str(exc).splitlines()), "")
 
 
-def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict]:
-    """(model name, model overrides, fingerprint, state_dict) from either file format."""
+def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], dict, dict]:
+    """(model name, model overrides, fingerprint, state_dict, tensor other_parameter) from
+    either file format."""
     try:
         with warnings.catch_warnings():  # a RecBole checkpoint is expected to fail here
             warnings.filterwarnings("ignore", message="Detected pickle protocol")
@@ -230,7 +314,8 @@ def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], d
                          "checkpoint (saved/<Model>-<time>.pth)")
     if ck.get("format") == STATE_FORMAT:
         fp = {k: ck[k] for k in ("dataset", "n_users", "n_items", "item_hash")}
-        return ck["model"], dict(ck["model_config"]), fp, ck["state_dict"]
+        others = dict(ck.get("other_parameter") or {})
+        return ck["model"], dict(ck["model_config"]), fp, ck["state_dict"], others
     cfg = ck.get("config")
     try:
         name = cfg["model"] if cfg is not None and "model" in cfg else None
@@ -241,7 +326,9 @@ def _read_checkpoint(path: Path) -> tuple[str, dict[str, Any], dict[str, Any], d
                          "of a distillation run is loaded with recsys.recbole.load_student, "
                          "teachers must be RecBole checkpoints or save_model_state files")
     overrides = {k: cfg[k] for k in model_defaults(name) if k in cfg}
-    return name, overrides, {"dataset": cfg["dataset"]}, ck["state_dict"]
+    others = {k: v for k, v in (ck.get("other_parameter") or {}).items()
+              if isinstance(v, torch.Tensor)}
+    return name, overrides, {"dataset": cfg["dataset"]}, ck["state_dict"], others
 
 
 def load_model(path: str | os.PathLike, config: Any, dataset: Any) -> tuple[nn.Module, str]:
@@ -259,7 +346,7 @@ def load_model(path: str | os.PathLike, config: Any, dataset: Any) -> tuple[nn.M
         raise FileNotFoundError(f"no teacher checkpoint at {path}: train one with "
                                 "recsys.recbole.train_model / `recsys-distill train-teacher`, "
                                 "or pass teacher_checkpoint=<RecBole saved/*.pth>")
-    name, overrides, fp, state = _read_checkpoint(path)
+    name, overrides, fp, state, others = _read_checkpoint(path)
     here = dataset_fingerprint(dataset)
     if "n_items" in fp and (fp["n_items"], fp["n_users"]) != (here["n_items"], here["n_users"]):
         raise ValueError(
@@ -280,4 +367,6 @@ def load_model(path: str | os.PathLike, config: Any, dataset: Any) -> tuple[nn.M
             f"({here['n_users']} users / {here['n_items']} items; checkpoint from dataset "
             f"{fp.get('dataset')!r}): {str(exc).splitlines()[-1].strip()}. Train the teacher "
             "on this dataset or pass its own dataset") from exc
+    if others:  # Pop's item counts (not in state_dict)
+        model.load_other_parameter({k: v.to(config["device"]) for k, v in others.items()})
     return model, name

@@ -20,7 +20,7 @@ def test_methods_lists_registry(capsys):
     assert main(["methods"]) == 0
     names = [line.split()[0] for line in capsys.readouterr().out.splitlines()]
     assert names == sorted(["none", "rd", "cd", "rrd", "dcd", "unkd", "de", "de_rrd", "ftd",
-                            "htd"])
+                            "htd", "aekd", "adkd"])
 
 
 def test_set_values_parse_as_yaml():

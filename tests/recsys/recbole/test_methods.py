@@ -75,7 +75,7 @@ def _relaxed_pl(lists, negatives):
 # ----------------------------------------------------------------------------- registry
 def test_every_method_has_yaml_defaults_it_accepts():
     assert set(available_methods()) == {"none", "rd", "cd", "rrd", "dcd", "unkd", "de",
-                                        "de_rrd", "ftd", "htd"}
+                                        "de_rrd", "ftd", "htd", "aekd", "adkd"}
     for name in available_methods():
         shipped = yaml.safe_load(method_yaml(name).read_text())
         assert "distill_weight" in shipped

@@ -219,7 +219,10 @@ def test_unknown_names(base_config, teacher_file, run_dir):
     with pytest.raises(ValueError, match="unknown RecBole model 'NotAModel'"):
         run_distillation(student="NotAModel", method="rrd", dataset="tiny",
                          config_dict=base_config, run_dir=run_dir)
-    with pytest.raises(ValueError, match="only RecBole general recommenders"):
+    with pytest.raises(ValueError, match="KNOWLEDGE model .*teacher, not a student"):
+        run_distillation(student="KGAT", method="rrd", dataset="tiny",
+                         config_dict=base_config, run_dir=run_dir)
+    with pytest.raises(ValueError, match="takes a teacher of type SEQUENTIAL"):  # BPR teacher
         run_distillation(student="SASRec", method="rrd", dataset="tiny",
                          config_dict=base_config, run_dir=run_dir)
     with pytest.raises(ValueError, match=r"unknown hyperparameter\(s\) \['kk'\] for method"):
