@@ -35,12 +35,80 @@ from recsys.recbole.context import DistillContext
 from recsys.recbole.methods import build_method
 from recsys.recbole.zoo import build_recbole_model, load_model, model_class
 
-__all__ = ["DistillRecommender", "distill_model_class"]
+__all__ = ["DistillRecommender", "FrozenTeacherWrapper", "distill_model_class"]
 
 log = logging.getLogger(__name__)
 
 
-class DistillRecommender(GeneralRecommender):
+class FrozenTeacherWrapper:
+    """What every distillation wrapper shares (mixed in before the RecBole base class).
+
+    The wrapper holds ``self.student`` (trainable), ``self._frozen = (teacher,)`` (outside the
+    module tree), ``self.distill`` (the method), ``self.distill_weight`` and ``self.ctx`` (with
+    the run's ``config``); subclasses give :meth:`distill_term` (the method's loss on a batch).
+    """
+
+    @property
+    def teacher(self) -> nn.Module:
+        """The frozen teacher (not part of this module's state or parameters)."""
+        return self._frozen[0]
+
+    def train(self, mode: bool = True) -> Any:
+        super().train(mode)
+        self.teacher.eval()
+        return self
+
+    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        super()._apply(fn, *args, **kwargs)
+        if hasattr(self, "_frozen"):
+            self.teacher._apply(fn, *args, **kwargs)
+        return self
+
+    @property
+    def prepared(self) -> bool:
+        return self._prepared
+
+    def on_epoch_start(self, epoch: int) -> None:
+        """Per-epoch resampling / schedules of the method (called by the trainer)."""
+        self.distill.on_epoch_start(epoch)
+
+    def checkpoint_extras(self) -> dict[str, Any]:
+        """Entries added to the trainer's checkpoint (what ``load_student`` needs)."""
+        from recsys.recbole.zoo import _plain
+
+        cfg = self.ctx.config
+        return {"student": str(cfg["student"]),
+                "student_config": _plain(dict(cfg["student_config"] or {})),
+                "distill_method": self.distill.name}
+
+    def distill_term(self, interaction: Any) -> Tensor:  # pragma: no cover - abstract
+        """The method's (unweighted) distillation loss on a training batch."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------------ RecBole API
+    def calculate_loss(self, interaction: Any) -> tuple[Tensor, Tensor]:
+        """``(student loss, distill_weight * distillation loss)`` (RecBole sums the tuple)."""
+        own = self.student.calculate_loss(interaction)
+        if isinstance(own, tuple):
+            own = sum(own)
+        if self.distill_weight == 0.0:
+            return own, own.new_zeros(())
+        return own, self.distill_weight * self.distill_term(interaction)
+
+    def predict(self, interaction: Any) -> Tensor:
+        return self.student.predict(interaction)
+
+    def full_sort_predict(self, interaction: Any) -> Tensor:
+        return self.student.full_sort_predict(interaction)
+
+    def other_parameter(self) -> Any:
+        return self.student.other_parameter()
+
+    def load_other_parameter(self, para: Any) -> None:
+        self.student.load_other_parameter(para)
+
+
+class DistillRecommender(FrozenTeacherWrapper, GeneralRecommender):
     """Student + frozen teacher + one distillation method, as a RecBole model.
 
     Args:
@@ -101,21 +169,10 @@ class DistillRecommender(GeneralRecommender):
         self.softlabel_seconds = 0.0
         self._prepared = False
 
-    # ------------------------------------------------------------------ teacher
-    @property
-    def teacher(self) -> nn.Module:
-        """The frozen teacher (not part of this module's state or parameters)."""
-        return self._frozen[0]
-
-    def train(self, mode: bool = True) -> DistillRecommender:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
+    # ------------------------------------------------------------------ device
     def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> DistillRecommender:
         super()._apply(fn, *args, **kwargs)
         if hasattr(self, "_frozen"):
-            self.teacher._apply(fn, *args, **kwargs)
             self.ctx.item_popularity = fn(self.ctx.item_popularity)
             self.ctx.history = self.ctx.history.to(self.ctx.item_popularity.device)
             if self.ctx.soft_labels is not None:
@@ -123,10 +180,6 @@ class DistillRecommender(GeneralRecommender):
         return self
 
     # ------------------------------------------------------------------ soft labels
-    @property
-    def prepared(self) -> bool:
-        return self._prepared
-
     def prepare(self, cache_dir: str | None = None) -> None:
         """Run the teacher once: its top-K soft labels (computed, or loaded from ``cache_dir``)
         when the method needs them, then the method's own teacher-side setup
@@ -186,40 +239,8 @@ class DistillRecommender(GeneralRecommender):
                                            settings=settings)
             return teacher_topk(score_fn, users, self.n_items, settings=settings)
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Per-epoch resampling / schedules of the method (called by the trainer)."""
-        self.distill.on_epoch_start(epoch)
-
-    def checkpoint_extras(self) -> dict[str, Any]:
-        """Entries added to the trainer's checkpoint (what ``load_student`` needs)."""
-        from recsys.recbole.zoo import _plain
-
-        cfg = self.ctx.config
-        return {"student": str(cfg["student"]),
-                "student_config": _plain(dict(cfg["student_config"] or {})),
-                "distill_method": self.distill.name}
-
-    # ------------------------------------------------------------------ RecBole API
-    def calculate_loss(self, interaction: Any) -> tuple[Tensor, Tensor]:
-        """``(student loss, distill_weight * distillation loss)`` (RecBole sums the tuple)."""
-        own = self.student.calculate_loss(interaction)
-        if isinstance(own, tuple):
-            own = sum(own)
-        if self.distill_weight == 0.0:
-            return own, own.new_zeros(())
-        return own, self.distill_weight * self.distill(interaction)
-
-    def predict(self, interaction: Any) -> Tensor:
-        return self.student.predict(interaction)
-
-    def full_sort_predict(self, interaction: Any) -> Tensor:
-        return self.student.full_sort_predict(interaction)
-
-    def other_parameter(self) -> Any:
-        return self.student.other_parameter()
-
-    def load_other_parameter(self, para: Any) -> None:
-        self.student.load_other_parameter(para)
+    def distill_term(self, interaction: Any) -> Tensor:
+        return self.distill(interaction)
 
 
 def distill_model_class(student: str) -> type[DistillRecommender]:

@@ -61,6 +61,7 @@ from torch import Tensor, nn
 from graphkd.registry import Registry
 from recsys.losses import RD, RRD, DistillationExperts, HiddenStateKD, SampledKD
 from recsys.recbole.methods import _split, loss_defaults
+from recsys.recbole.model import FrozenTeacherWrapper
 from recsys.recbole.zoo import (
     build_recbole_model,
     load_model,
@@ -552,7 +553,7 @@ def sequential_config(student: str, student_config: dict[str, Any],
     return {**config_dict, "loss_type": student_loss_type(student, student_config)}
 
 
-class SequentialDistillRecommender(SequentialRecommender):
+class SequentialDistillRecommender(FrozenTeacherWrapper, SequentialRecommender):
     """Student + frozen teacher + one sequential method, as a RecBole sequential model.
 
     ``calculate_loss = student.calculate_loss + distill_weight * method(batch)``;
@@ -611,67 +612,15 @@ class SequentialDistillRecommender(SequentialRecommender):
         self._prepared = False
 
     @property
-    def teacher(self) -> nn.Module:
-        """The frozen teacher (not part of this module's state or parameters)."""
-        return self._frozen[0]
-
-    @property
     def softlabel_seconds(self) -> float:
         return self.ctx.teacher_seconds
-
-    def train(self, mode: bool = True) -> SequentialDistillRecommender:
-        super().train(mode)
-        self.teacher.eval()
-        return self
-
-    def _apply(self, fn: Any, *args: Any, **kwargs: Any) -> SequentialDistillRecommender:
-        super()._apply(fn, *args, **kwargs)
-        if hasattr(self, "_frozen"):
-            self.teacher._apply(fn, *args, **kwargs)
-        return self
-
-    @property
-    def prepared(self) -> bool:
-        return self._prepared
 
     def prepare(self, cache_dir: str | None = None) -> None:
         """Nothing to extract up front: the teacher's top-K is computed per batch."""
         self._prepared = True
 
-    def on_epoch_start(self, epoch: int) -> None:
-        """Per-epoch schedules of the method (called by the trainer)."""
-        self.distill.on_epoch_start(epoch)
-
-    def checkpoint_extras(self) -> dict[str, Any]:
-        """Entries added to the trainer's checkpoint (what ``load_student`` needs)."""
-        from recsys.recbole.zoo import _plain
-
-        cfg = self.ctx.config
-        return {"student": str(cfg["student"]),
-                "student_config": _plain(dict(cfg["student_config"] or {})),
-                "distill_method": self.distill.name}
-
-    def calculate_loss(self, interaction: Any) -> tuple[Tensor, Tensor]:
-        """``(student loss, distill_weight * distillation loss)`` (RecBole sums the tuple)."""
-        own = self.student.calculate_loss(interaction)
-        if isinstance(own, tuple):
-            own = sum(own)
-        if self.distill_weight == 0.0:
-            return own, own.new_zeros(())
-        batch = self.ctx.batch(interaction, self.distill.topk)
-        return own, self.distill_weight * self.distill(batch)
-
-    def predict(self, interaction: Any) -> Tensor:
-        return self.student.predict(interaction)
-
-    def full_sort_predict(self, interaction: Any) -> Tensor:
-        return self.student.full_sort_predict(interaction)
-
-    def other_parameter(self) -> Any:
-        return self.student.other_parameter()
-
-    def load_other_parameter(self, para: Any) -> None:
-        self.student.load_other_parameter(para)
+    def distill_term(self, interaction: Any) -> Tensor:
+        return self.distill(self.ctx.batch(interaction, self.distill.topk))
 
 
 def sequential_model_class(student: str) -> type[SequentialDistillRecommender]:
