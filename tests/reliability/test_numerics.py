@@ -261,8 +261,16 @@ def test_ranking_losses_overflow_is_finite_or_raises(name):
         "ftd": (r(4, 6), r(4, 10), r(5, 6), r(5, 10)), "htd": (r(4, 6), r(4, 10), r(5, 6),
                                                           r(5, 10)),
         "hint": (r(4, 6), r(4, 10), r(5, 6), r(5, 10)),
+        "hidden_state": (r(4, 6), r(4, 10)),
+        "sampled_kd": (r(4, 5), r(4, 5), r(4, 7), r(4, 7)),
+        "ader": (r(4, 10), r(4, 10)), "aekd": (r(4, 10), r(4, 10)),
+        # users, teacher lists, student lists (ids), the student's full scores over 10 items
+        "adkd": (torch.arange(4), torch.randint(10, (4, 3), generator=g),
+                 torch.stack([torch.randperm(10, generator=g)[:3] for _ in range(4)]),
+                 r(4, 10)),
     }[name]
-    kw = {"student_dim": 6, "teacher_dim": 10} if name in ("de", "htd", "hint") else {}
+    kw = ({"student_dim": 6, "teacher_dim": 10} if name in ("de", "htd", "hint", "hidden_state")
+          else {"n_users": 4, "n_items": 10, "k": 3} if name == "adkd" else {})
     if name in ("de", "htd"):
         kw["num_experts"] = 3
     loss = rl.get_ranking_loss(name, **kw)
