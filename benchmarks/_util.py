@@ -545,3 +545,16 @@ def write_results(name: str, data: dict[str, Any], markdown: str,
 
 if __name__ == "__main__":
     _worker(json.loads(sys.argv[1]))
+
+
+def pyplot() -> Any:
+    """``matplotlib.pyplot`` on the non-interactive Agg backend, or None without matplotlib
+    (the benchmarks' plots are optional)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:  # pragma: no cover - matplotlib ships with the dev extras
+        return None
+    return plt

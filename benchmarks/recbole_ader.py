@@ -43,7 +43,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown
+from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, pyplot
 from graphkd.fileio import atomic_torch_save, atomic_write, atomic_write_json, atomic_write_text
 
 NAME = "recbole_ader"
@@ -213,12 +213,8 @@ def render(args: argparse.Namespace) -> str:
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
     for ax, metric in zip(axes, ("recall@20", "mrr@20"), strict=True):

@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table
+from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table, pyplot
 from benchmarks.recbole_grid import (
     _fmt,
     _fmt_time,
@@ -299,12 +299,8 @@ def render(args: argparse.Namespace) -> str:
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - matplotlib is a dev dependency
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, len(summary), figsize=(5 * len(summary), 3.5))
     for ax, (skey, s) in zip(list(axes), summary.items()):

@@ -50,7 +50,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table
+from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table, pyplot
 from benchmarks.recbole_grid import Bench, _git_commit, claim
 from graphkd.fileio import atomic_write, atomic_write_json, atomic_write_text, file_lock
 
@@ -480,12 +480,8 @@ def update_readme(summary: dict[str, Any], path: Path) -> bool:
 
 
 def _plot(summary: dict[str, Any], path: Path) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover
+    plt = pyplot()
+    if plt is None:
         return
     fig, axes = plt.subplots(1, 3, figsize=(16, 5.5))
     for ax, system in zip(axes, TITLES):

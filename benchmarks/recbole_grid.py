@@ -60,7 +60,7 @@ from typing import Any
 
 import yaml
 
-from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table
+from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table, pyplot
 from graphkd.fileio import atomic_write, atomic_write_json, atomic_write_text, file_lock
 
 METHODS = ("none", "rd", "cd", "rrd", "de", "de_rrd", "ftd", "htd", "unkd", "dcd")
@@ -708,12 +708,8 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace) 
 
 
 def _plot(bench: Bench, args: argparse.Namespace, summary: dict[str, Any]) -> None:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:  # pragma: no cover - the plot is optional
+    plt = pyplot()
+    if plt is None:
         return
     groups = [(t, s["rows"], s["teacher_runs"]) for t, s in summary["teachers"].items()
               if s["rows"]]
