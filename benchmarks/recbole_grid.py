@@ -94,6 +94,11 @@ class Bench:
     name: str
     dataset: str
     title: str
+    #: the default learning-rate grid of the selection (``--lrs``)
+    lrs: tuple[float, ...] = LR_GRID
+    #: learning rates run in an earlier, wider grid and dropped from the selection: their
+    #: seed-0 cells stay in the grid table (marked ‡) as the evidence for the cut
+    probe_lrs: tuple[float, ...] = ()
 
 
 # ----------------------------------------------------------------------------- protocol
@@ -513,7 +518,9 @@ def summarize(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
         for method in args.methods:
             owner = None if method == "none" else tkey
             cells = {}
-            for lr, mult in grid_points(method, args):
+            probe = [(lr, m) for lr in bench.probe_lrs if lr not in args.lrs
+                     for m in ((None,) if method == "none" else args.weights)]
+            for lr, mult in [*grid_points(method, args), *probe]:
                 r = runs.get(run_key(method, owner, lr, mult, GRID_SEED))
                 if r is not None:
                     cells[f"{_num(lr)}|{'-' if mult is None else _num(mult)}"] = {
@@ -584,7 +591,7 @@ def render(bench: Bench, args: argparse.Namespace) -> str | None:
               + (f"; {summary['ignored_run_files']} run files of other protocols or method "
                  "versions ignored" if summary["ignored_run_files"] else "") + ".", ""]
     for tkey, tsum in summary["teachers"].items():
-        lines += _teacher_section(tkey, tsum, args)
+        lines += _teacher_section(tkey, tsum, args, bench.probe_lrs)
     text = "\n".join(lines).rstrip() + "\n"
     base = Path(args.results_dir)
     atomic_write_text(base / f"{bench.name}.md", text)
@@ -624,7 +631,27 @@ def _protocol_text(bench: Bench, args: argparse.Namespace) -> str:
         "grid run). Differences to the student alone are paired by seed (same split).")
 
 
-def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace) -> list[str]:
+def _probe_sentence(tsum: dict[str, Any], args: argparse.Namespace,
+                    probe: list[float]) -> str:
+    """Generated: whether every probed cell (an lr outside the selection grid) was below the
+    best cell of the grid of the same method."""
+    verdicts = []
+    for method, g in tsum["grid"].items():
+        grid_cells = [c["valid_ndcg@10"] for k, c in g["cells"].items()
+                      if float(k.split("|")[0]) in args.lrs]
+        probe_cells = [c["valid_ndcg@10"] for k, c in g["cells"].items()
+                       if float(k.split("|")[0]) in probe]
+        if probe_cells and grid_cells:
+            lower = sum(v < max(grid_cells) for v in probe_cells)
+            verdicts.append(f"{LABELS[method]} {lower}/{len(probe_cells)}")
+    return (f"‡ lr {', '.join(_num(x) for x in probe)}: probed on seed {GRID_SEED} before "
+            "this dataset's grid was cut to save CPU time, outside the selection; probed "
+            "cells below the best cell of the method's grid: "
+            + ("; ".join(verdicts) or "none probed") + ".")
+
+
+def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
+                     probe_lrs: tuple[float, ...] = ()) -> list[str]:
     tname, tcfg = TEACHERS[tkey]
     lines = [f"## Teacher {tname} d={tcfg['embedding_size']}", ""]
     table = []
@@ -657,9 +684,10 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace) 
             table))
         lines.append("")
     # the grid beside the table
-    points = [(lr, m) for lr in args.lrs for m in args.weights]
-    head = ["method (valid NDCG@10, seed 0)"] + [f"lr {_num(lr)}, {_num(m)}×λ"
-                                                 for lr, m in points]
+    probe = [lr for lr in probe_lrs if lr not in args.lrs]
+    points = [(lr, m) for lr in [*args.lrs, *probe] for m in args.weights]
+    head = ["method (valid NDCG@10, seed 0)"] + [
+        f"lr {_num(lr)}, {_num(m)}×λ" + (" ‡" if lr in probe else "") for lr, m in points]
     grid_rows = []
     for method, g in tsum["grid"].items():
         cells = []
@@ -670,7 +698,7 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace) 
                 cells.append("")
                 continue
             if c is None:
-                cells.append("…")
+                cells.append("" if lr in probe else "…")
                 continue
             text = f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
             chosen = g["chosen"] == (lr, None if method == "none" else m)
@@ -682,6 +710,8 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace) 
               "Grid: valid NDCG@10 of seed 0 at each (lr, λ multiplier); **bold**: chosen; "
               "†: stopped at the epoch cap; …: not run yet (the student alone has no λ: its "
               "row fills the first λ column of each lr).", ""]
+    if probe:
+        lines += [_probe_sentence(tsum, args, probe), ""]
     rows = tsum["rows"]
     if any("diff_ndcg@10" in r for r in rows):
         def cell(r: dict[str, Any]) -> str:
@@ -765,7 +795,7 @@ def build_parser(bench: Bench) -> argparse.ArgumentParser:
                    help="comma-separated subset (split a grid across sessions this way)")
     p.add_argument("--seeds", default="0,1,2", help="seeds of the final table")
     p.add_argument("--teachers", default="bpr", help=f"comma-separated: {', '.join(TEACHERS)}")
-    p.add_argument("--lrs", type=_floats, default=list(LR_GRID),
+    p.add_argument("--lrs", type=_floats, default=list(bench.lrs),
                    help="the learning-rate grid (selection is over all of it)")
     p.add_argument("--weights", type=_floats, default=list(WEIGHT_GRID),
                    help="the grid of lambda multipliers of the method's reference lambda")

@@ -111,6 +111,27 @@ def test_selection_uses_seed_0_validation_only(tmp_path: Path):
     assert grid.select(alone, "none", "bpr", args) == (0.005, None)
 
 
+
+def test_a_cut_lr_grid_selects_without_the_probe_and_reports_it(tmp_path: Path):
+    """A bench whose grid was cut (``lrs``) keeps the earlier probe runs (``probe_lrs``) out of
+    the selection, even when a probe scores higher, and the report counts probe cells below
+    the grid's best."""
+    from benchmarks.recbole_ml1m import BENCH as ML1M
+
+    assert ML1M.lrs == (0.001,) and ML1M.probe_lrs == (0.005,)
+    args = grid.parse_args(ML1M, ["--results-dir", str(tmp_path)])
+    assert args.lrs == [0.001] and len(grid.grid_points("rd", args)) == 3
+    runs = {r["key"]: r for r in (
+        *[_fake_run("rd", 0.001, m, 0, 0.20 + 0.01 * i) for i, m in enumerate((0.1, 1.0, 10.0))],
+        _fake_run("rd", 0.005, 0.1, 0, 0.19), _fake_run("rd", 0.005, 1.0, 0, 0.50))}
+    assert grid.select(runs, "rd", "bpr", args) == (0.001, 10.0)
+    cells = {"0.001|0.1": 0.20, "0.001|1": 0.21, "0.001|10": 0.22, "0.005|0.1": 0.19,
+             "0.005|1": 0.50}
+    tsum = {"grid": {"rd": {"cells": {k: {"valid_ndcg@10": v} for k, v in cells.items()}}}}
+    text = grid._probe_sentence(tsum, args, [0.005])
+    assert "RD 1/2" in text and text.startswith("‡ lr 0.005")
+
+
 @pytest.fixture
 def tiny_env(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """The conftest data root (``tiny``) as the data root; a 2-epoch protocol."""

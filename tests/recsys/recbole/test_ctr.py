@@ -339,3 +339,50 @@ def test_benchmark_summary_pairs_seeds_and_skips_other_protocols(tmp_path: Path)
     assert row["auc_diff"] == pytest.approx([0.02, -0.01])
     assert row["auc_better"] == 1 and row["logloss_better"] == 1
     assert "PFD offline (+0.0050 ± 0.0212 AUC)" in bench.verdict(bench.summarize(args))
+
+
+def test_benchmark_weight_grid_picks_validation_best_and_checks_defaults(tmp_path: Path):
+    """benchmarks/recbole_ctr.py: a method's row uses the grid point with the best seed-0
+    validation AUC (not the best test AUC) on every seed; the RecBole-defaults baseline check
+    is paired with its row and kept out of the distillation verdict."""
+    import argparse
+    import json
+
+    from benchmarks import recbole_ctr as bench
+
+    args = argparse.Namespace(results_dir=str(tmp_path), run_dir=str(tmp_path / "runs"))
+    runs = bench.runs_dir(args)
+    runs.mkdir(parents=True)
+
+    def write(run_id: str, seed: int, auc: float, valid: float = 0.5) -> None:
+        entry = {"kind": "run", "id": run_id, "seed": seed,
+                 "fingerprint": bench.fingerprint(run_id), "served": {},
+                 "best_valid_score": valid, "stopped_at_cap": False,
+                 "test_result": {"auc": auc, "logloss": 1 - auc}, "epoch_seconds_mean": 1.0}
+        (runs / f"{run_id}-s{seed}-x.json").write_text(json.dumps(entry))
+
+    base = "pfd-offline"
+    param, default, values = bench.GRID[base]
+    assert bench.grid_id(base, default) == base
+    ids = [bench.grid_id(base, v) for v in values]
+    assert len(set(ids)) == 3 and all(bench.RUNS[i]["params"][param] == v
+                                      for i, v in zip(ids, values) if i != base)
+    # the best validation point has the worst test AUC: the choice must follow validation
+    for i, (valid, test) in zip(ids, [(0.60, 0.90), (0.70, 0.80), (0.80, 0.71)]):
+        write(i, 0, test, valid)
+    assert bench.choices(bench.load(args)[0])[base] == ids[2]
+    write(ids[2], 1, 0.75)
+    write(base, 1, 0.99)  # a seed-1 run of a point not chosen is ignored
+    for seed, auc in enumerate([0.70, 0.74]):
+        write("pfd-student_alone", seed, auc)
+        write("pfd-student_alone_defaults", seed, auc - 0.01)
+    summary = bench.summarize(args)
+    rows = {r["label"]: r for r in summary["rows"]}
+    assert rows["student, PFD offline"]["auc"] == [0.71, 0.75]
+    assert rows["student, PFD offline"]["auc_diff"] == pytest.approx([0.01, 0.01])
+    grid = {g["run"]: g for g in summary["grid"]}
+    assert grid[base]["chosen"] == values[2] and grid["pfd-sync"]["chosen"] is None
+    check = rows["student DeepFM without privileged fields, alone at RecBole's defaults"]
+    assert check["auc_diff"] == pytest.approx([-0.01, -0.01]) and check["auc_better"] == 0
+    assert "RecBole's defaults" not in bench.verdict(summary)
+    assert "(0/2 seeds higher)" in bench.check_sentence(summary)
