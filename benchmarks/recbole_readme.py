@@ -41,9 +41,10 @@ SHORT = {"recbole_ml100k": "ml-100k", "recbole_ml1m": "ml-1m"}
 def _progress(method: str, tsum: dict[str, Any], args: argparse.Namespace) -> str:
     """``grid 2/6`` while the grid is unfinished, ``seeds 1/3`` while the final seeds are."""
     cells = tsum["grid"].get(method, {}).get("cells", {})
-    total = len(grid_points(method, args))
-    if len(cells) < total:
-        return f"grid {len(cells)}/{total}" if cells else "not run"
+    points = grid_points(method, args)
+    done = sum(f"{_num(lr)}|{'-' if m is None else _num(m)}" in cells for lr, m in points)
+    if done < len(points):
+        return f"grid {done}/{len(points)}" if done else "not run"
     return "grid done"
 
 
@@ -112,7 +113,7 @@ def section(benches=BENCHES, argv: list[str] | None = None) -> str:
             "Δ: test NDCG@10 minus the student alone's on the same seed, mean ± std; better on: "
             "seeds with Δ > 0; lr, λ×: the values chosen on seed "
             f"{GRID_SEED}'s validation NDCG@10 (λ as a multiple of the method's reference); "
-            "`grid k/6`: grid runs finished so far (the method's row appears once its grid is "
+            "`grid k/n`: grid runs finished so far (the method's row appears once its grid is "
             "complete). " + "; ".join(notes) + "."]
     if unfinished:
         text += ["", "**Unfinished** (fewer than 3 seeds): " + ", ".join(unfinished)

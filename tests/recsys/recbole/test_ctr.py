@@ -365,14 +365,15 @@ def test_benchmark_weight_grid_picks_validation_best_and_checks_defaults(tmp_pat
     param, default, values = bench.GRID[base]
     assert bench.grid_id(base, default) == base
     ids = [bench.grid_id(base, v) for v in values]
-    assert len(set(ids)) == 3 and all(bench.RUNS[i]["params"][param] == v
-                                      for i, v in zip(ids, values) if i != base)
+    assert len(set(ids)) == len(values) >= 3 and all(
+        bench.RUNS[i]["params"][param] == v for i, v in zip(ids, values) if i != base)
     # the best validation point has the worst test AUC: the choice must follow validation
-    for i, (valid, test) in zip(ids, [(0.60, 0.90), (0.70, 0.80), (0.80, 0.71)]):
-        write(i, 0, test, valid)
-    assert bench.choices(bench.load(args)[0])[base] == ids[2]
-    write(ids[2], 1, 0.75)
-    write(base, 1, 0.99)  # a seed-1 run of a point not chosen is ignored
+    best = len(values) - 2
+    for n, i in enumerate(ids):
+        write(i, 0, 0.71 if n == best else 0.90, 0.80 if n == best else 0.60 + 0.01 * n)
+    assert bench.choices(bench.load(args)[0])[base] == ids[best]
+    write(ids[best], 1, 0.75)
+    write(base if ids[best] != base else ids[0], 1, 0.99)  # not chosen: ignored
     for seed, auc in enumerate([0.70, 0.74]):
         write("pfd-student_alone", seed, auc)
         write("pfd-student_alone_defaults", seed, auc - 0.01)
@@ -381,8 +382,16 @@ def test_benchmark_weight_grid_picks_validation_best_and_checks_defaults(tmp_pat
     assert rows["student, PFD offline"]["auc"] == [0.71, 0.75]
     assert rows["student, PFD offline"]["auc_diff"] == pytest.approx([0.01, 0.01])
     grid = {g["run"]: g for g in summary["grid"]}
-    assert grid[base]["chosen"] == values[2] and grid["pfd-sync"]["chosen"] is None
+    assert grid[base]["chosen"] == values[best] and grid["pfd-sync"]["chosen"] is None
     check = rows["student DeepFM without privileged fields, alone at RecBole's defaults"]
     assert check["auc_diff"] == pytest.approx([-0.01, -0.01]) and check["auc_better"] == 0
     assert "RecBole's defaults" not in bench.verdict(summary)
     assert "(0/2 seeds higher)" in bench.check_sentence(summary)
+
+
+def test_benchmark_trains_only_the_teachers_its_runs_read():
+    from benchmarks import recbole_ctr as bench
+
+    assert bench.needed_teachers(["rocket-rocket", "pfd-offline_w0.25"]) == {"DeepFM"}
+    assert bench.needed_teachers(["ensemble-best_single"]) == set(bench.ENSEMBLE)
+    assert bench.needed_teachers(list(bench.RUNS)) == set(bench.TEACHERS)
