@@ -105,11 +105,15 @@ def plackett_luce_log_prob(scores: Tensor, lists: Tensor, *, tau: float = 1.0) -
     picked = z.gather(1, lists)  # [U, K]
     if not bool(torch.isfinite(picked).all()):
         raise ValueError("a listed item has score -inf/NaN (masked items cannot be drawn)")
-    m = z.max(dim=1, keepdim=True).values.detach()
-    total = torch.exp(z - m).sum(1, keepdim=True)  # [U, 1]
-    before = torch.cumsum(torch.exp(picked - m), dim=1) - torch.exp(picked - m)
-    remaining = (total - before).clamp_min(torch.finfo(z.dtype).tiny)
-    return (picked - m - torch.log(remaining)).sum(1)
+    # log of the mass left at step k = logaddexp(log-mass of the unlisted items, log-mass of
+    # picks k..K-1): sums of positive terms only. (``total - cumsum(picked so far)`` cancels
+    # catastrophically once the first picks hold nearly all the mass -- a peaked student or a
+    # small tau -- and gave log-probabilities above 0 in float32.)
+    floor = torch.finfo(z.dtype).min / 4  # finite stand-in for -inf: no NaN gradient when
+    unlisted = z.scatter(1, lists, float("-inf")).clamp_min(floor)  # every item is listed
+    log_rest = torch.logsumexp(unlisted, dim=1, keepdim=True)  # [U, 1]
+    log_tail = torch.logcumsumexp(picked.flip(1), dim=1).flip(1)  # [U, K]: picks k..K-1
+    return (picked - torch.logaddexp(log_tail, log_rest)).sum(1)
 
 
 @full_precision

@@ -101,6 +101,36 @@ def test_plackett_luce_log_prob_matches_sequential_formula_and_normalises():
         plackett_luce_log_prob(s[:1], torch.tensor([[0, 1]]))
 
 
+def test_plackett_luce_log_prob_is_stable_for_peaked_float32_scores():
+    """A peaked student (or a small tau): the first picks hold nearly all the mass. float32
+    must match float64 on the same inputs (values and gradients) and stay a log-probability
+    (<= 0); the old ``total - cumsum`` form cancelled to values above 0 here."""
+    g = torch.Generator().manual_seed(5)
+    s64 = torch.randn(4, 300, generator=g, dtype=torch.float64) * 3
+    s64[:, :5] += torch.tensor([40.0, 30.0, 20.0, 12.0, 6.0], dtype=torch.float64)
+    lists = torch.tensor([[0, 1, 2, 3], [1, 0, 3, 2], [0, 2, 1, 4], [3, 4, 0, 1]])
+    for tau in (1.0, 0.05):
+        s32 = s64.float().requires_grad_(True)
+        ref_in = s32.detach().double().requires_grad_(True)
+        got = plackett_luce_log_prob(s32, lists, tau=tau)
+        ref = plackett_luce_log_prob(ref_in, lists, tau=tau)
+        assert bool((got <= 0).all())
+        torch.testing.assert_close(got.double(), ref.detach(), rtol=1e-5, atol=1e-4)
+        got.sum().backward()
+        ref.sum().backward()
+        torch.testing.assert_close(s32.grad.double(), ref_in.grad, rtol=1e-4, atol=1e-5)
+        # independent check against the sequential formula on one row (float64)
+        row = s32.detach()[1].double().tolist()
+        assert float(ref[1].detach()) == pytest.approx(
+            _pl_reference(row, lists[1].tolist(), set(range(300)), tau), abs=1e-9)
+    # every allowed item listed: finite value and gradient (no NaN from an empty remainder)
+    small = torch.tensor([[1.0, 2.0, float("-inf")]], requires_grad=True)
+    val = plackett_luce_log_prob(small, torch.tensor([[1, 0]]))
+    val.sum().backward()
+    assert torch.isfinite(val).all() and torch.isfinite(small.grad[:, :2]).all()
+    assert float(val) == pytest.approx(2.0 - math.log(math.e + math.e ** 2))
+
+
 def test_generator_loss_is_reinforce_with_detached_reward():
     logp = torch.tensor([-2.0, -3.0, -1.5], requires_grad=True)
     fake = torch.tensor([0.5, -1.0, 2.0], requires_grad=True)
