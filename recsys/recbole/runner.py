@@ -76,7 +76,8 @@ _NOT_IN_KEY = {"device", "gpu_id", "show_progress", "state", "checkpoint_dir", "
                "softlabel_cache_dir", "softlabel_chunk_size", "eval_batch_size", "worker",
                "single_spec", "local_rank", "student", "student_config", "distill_method",
                "distill_weight", "distill_params", "teacher_checkpoint", "use_gpu",
-               "softlabel_mmap", "nproc", "world_size", "ip", "port", "offset"}
+               "softlabel_mmap", "nproc", "world_size", "ip", "port", "offset",
+               "seq_teacher_cache"}
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,22 @@ leave-one-out split by time, full-sort ranking; the student trains with its own 
 
 Per training row (prefix) ``b`` of a batch, with the frozen teacher ``T`` and the student ``S``:
 
+* the teacher's representation ``h^T_b`` of every training row is computed once per run and
+  cached (:class:`TeacherRowCache`; ``seq_teacher_cache``, on by default for teachers whose
+  scores are ``h^T E_T^T (+ bias)``): the training rows are fixed prefixes and the teacher is
+  frozen in eval mode, so ``h^T_b`` never changes. Each row carries its position in the
+  training data as an int64 column :data:`ROW_ID_FIELD` (added to the training dataset's
+  ``inter_feat``, not a registered field: no model reads it, validation and test data do not
+  have it); a batch gathers its rows from the cache after checking that their prefixes are the
+  cached ones. Memory ``N_rows x d_t x 4`` bytes (ml-100k, ``MAX_ITEM_LIST_LENGTH`` 10: 97,171
+  rows x 64 -> 24 MiB, built in 6-9 s on one CPU thread, which then saves ~10 s of teacher
+  forwards per epoch), built in ``softlabel_chunk_size`` rows without gradients, by each
+  process of a multi-process run; over :data:`TEACHER_CACHE_MAX_BYTES` (2 GiB), or for a
+  teacher without a dot-product scorer, the teacher runs on every batch instead (the
+  pre-cache path, exact as well);
 * the teacher's soft labels are its top-K next items for that prefix: the rows of
-  ``h^T_b E_T^T (+ bias)`` (its ``full_sort_predict``), padding item masked, computed on the fly
-  from the frozen teacher for each batch by :func:`recsys.softlabels.teacher_topk`, streamed over
+  ``h^T_b E_T^T (+ bias)`` (its ``full_sort_predict``), padding item masked, computed for each
+  batch from the (cached) ``h^T_b`` by :func:`recsys.softlabels.teacher_topk`, streamed over
   ``softlabel_chunk_size`` rows (memory ``chunk x n_items``);
 * the student's scores of listed items are ``h^S_b . e^S_i (+ bias_i)`` from its sequence
   representation ``h^S_b`` and the gathered item embeddings (no ``batch x n_items`` matrix); the
@@ -49,6 +62,7 @@ from __future__ import annotations
 
 import logging
 import time
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar
@@ -77,6 +91,10 @@ __all__ = [
     "sequence_output",
     "item_table",
     "SequenceScorer",
+    "ROW_ID_FIELD",
+    "TEACHER_CACHE_MAX_BYTES",
+    "add_row_ids",
+    "TeacherRowCache",
     "SequentialContext",
     "SequentialBatch",
     "SequentialMethod",
@@ -217,6 +235,124 @@ class SequenceScorer:
         return out if bias is None else out + bias[items]
 
 
+# ============================================================================ teacher cache
+#: int64 column of the training dataset's ``inter_feat`` (and so of every training batch): the
+#: row's position in the training data, the row id of :class:`TeacherRowCache`.
+ROW_ID_FIELD = "__row_id__"
+#: the largest :class:`TeacherRowCache` built (bytes); above it the teacher runs per batch.
+TEACHER_CACHE_MAX_BYTES = 2 * 1024 ** 3
+
+
+def add_row_ids(dataset: Any) -> None:
+    """Number the rows of a RecBole training dataset: ``inter_feat[ROW_ID_FIELD] = 0..N-1``.
+
+    RecBole's sequential rows (one per prefix, built once by its data augmentation) are fixed;
+    the training loader gathers ``dataset[index]`` per batch, so each batch carries the ids of
+    its rows whatever the shuffling (rows repeated for several negatives repeat their id). The
+    column is not registered in ``dataset.field2type``: no model embeds it, and the validation
+    and test datasets (split before) do not have it.
+
+    Args:
+        dataset: the training dataset (``train_data.dataset``), ``N`` rows.
+
+    Example:
+        >>> add_row_ids(train_data.dataset)  # doctest: +SKIP
+        >>> next(iter(train_data))[ROW_ID_FIELD][:3]  # doctest: +SKIP
+        tensor([ 812, 40312,  9])
+    """
+    feat = dataset.inter_feat
+    feat[ROW_ID_FIELD] = torch.arange(len(feat), dtype=torch.long)
+
+
+@dataclass
+class TeacherRowCache:
+    """The frozen teacher's sequence representation of every training row.
+
+    ``hidden[r] = h^T_r`` (:func:`sequence_output` of the teacher, eval mode, no gradients) for
+    the row with ``ROW_ID_FIELD == r``. A batch's rows are gathered by their ids after checking
+    that their prefixes (``item_seq``, ``item_len``) are the ones the cache was built from
+    (e.g. a RecBole ``transform`` that crops or reorders sequences, or a batch of another
+    dataset, is refused: :meth:`gather` returns None and the caller runs the teacher).
+
+    Memory: ``N x d_t x 4`` bytes for ``hidden`` (float32); the prefixes are the dataset's own
+    tensors on CPU (``N x (L + 1) x 8`` bytes more when the cache lives on an accelerator).
+
+    Attributes:
+        hidden: ``[N, d_t]`` teacher representations.
+        item_seq: ``[N, L]`` the rows' item sequences (``teacher.ITEM_SEQ``).
+        item_len: ``[N]`` their lengths (``teacher.ITEM_SEQ_LEN``).
+        seconds: build time.
+        hits, misses: batches gathered from the cache / refused by the prefix check.
+
+    Example:
+        >>> cache = TeacherRowCache.build(teacher, train.dataset, 1024, "cpu")  # doctest: +SKIP
+        >>> h = cache.gather(batch)  # [B, d_t] == sequence_output(teacher, batch)  # doctest: +SKIP
+    """
+
+    hidden: Tensor
+    item_seq: Tensor
+    item_len: Tensor
+    seq_field: str
+    len_field: str
+    seconds: float = 0.0
+    hits: int = 0
+    misses: int = 0
+
+    @staticmethod
+    def nbytes(n_rows: int, dim: int, seq_len: int, device: torch.device | str,
+               itemsize: int = 4) -> int:
+        """Bytes of a cache of ``n_rows`` rows of width ``dim`` (``itemsize`` bytes each) on
+        ``device``: ``n_rows * dim * itemsize``, plus the prefixes off the CPU."""
+        extra = 0 if torch.device(device).type == "cpu" else n_rows * (seq_len + 1) * 8
+        return n_rows * dim * itemsize + extra
+
+    @classmethod
+    @torch.no_grad()
+    def build(cls, teacher: nn.Module, dataset: Any, chunk_size: int,
+              device: torch.device | str) -> TeacherRowCache:
+        """Run ``teacher`` (eval mode) over every row of ``dataset`` in ``chunk_size`` rows.
+
+        Args:
+            teacher: the frozen RecBole sequential teacher.
+            dataset: the training dataset (rows in ``ROW_ID_FIELD`` order: its positions).
+            chunk_size: rows per teacher forward.
+            device: where the representations are computed and kept.
+        """
+        t0 = time.perf_counter()
+        was_training = teacher.training
+        teacher.eval()
+        feat = dataset.inter_feat
+        n, parts = len(feat), []
+        try:
+            for start in range(0, n, max(1, int(chunk_size))):
+                rows = dataset[start:start + max(1, int(chunk_size))].to(device)
+                parts.append(sequence_output(teacher, rows))
+        finally:
+            teacher.train(was_training)
+        hidden = torch.cat(parts) if parts else torch.zeros(0, 0, device=device)
+        seq_field, len_field = teacher.ITEM_SEQ, teacher.ITEM_SEQ_LEN
+        return cls(hidden, feat[seq_field].to(device), feat[len_field].to(device), seq_field,
+                   len_field, seconds=time.perf_counter() - t0)
+
+    def gather(self, interaction: Any) -> Tensor | None:
+        """``[B, d_t]`` the cached representations of the batch's rows, or None when the
+        batch has no row ids or its prefixes are not the cached rows'."""
+        if ROW_ID_FIELD not in interaction:
+            return None
+        ids = interaction[ROW_ID_FIELD].to(self.hidden.device)
+        n = self.hidden.shape[0]
+        ok = ids.numel() == 0 or (int(ids.min()) >= 0 and int(ids.max()) < n)
+        if ok:
+            seq = interaction[self.seq_field].to(self.hidden.device)
+            length = interaction[self.len_field].to(self.hidden.device)
+            ok = torch.equal(self.item_seq[ids], seq) and torch.equal(self.item_len[ids], length)
+        if not ok:
+            self.misses += 1
+            return None
+        self.hits += 1
+        return self.hidden[ids].to(interaction[self.seq_field].device)
+
+
 # ============================================================================ context
 @dataclass
 class SequentialContext:
@@ -227,7 +363,12 @@ class SequentialContext:
         student, teacher: the trainable and the frozen RecBole sequential model.
         n_items: item ids ``0..n_items-1`` (0 is RecBole's padding item, never a soft label).
         epochs: the planned number of epochs (schedules).
-        config: the experiment's RecBole config (read-only).
+        config: the experiment's RecBole config (read-only; ``seq_teacher_cache`` (bool,
+            default True) turns :class:`TeacherRowCache` on or off).
+        cache_max_bytes: the largest teacher cache built (default
+            :data:`TEACHER_CACHE_MAX_BYTES`).
+        teacher_seconds: wall time spent on the teacher so far (cache build, per-batch
+            representations and top-K).
     """
 
     student: nn.Module
@@ -236,10 +377,78 @@ class SequentialContext:
     epochs: int = 1
     config: Any = None
 
+    cache_max_bytes: int = TEACHER_CACHE_MAX_BYTES
+
     def __post_init__(self) -> None:
         self.student_scorer = SequenceScorer(self.student)
         self.teacher_scorer = SequenceScorer(self.teacher)
         self.teacher_seconds = 0.0
+        self.row_cache: TeacherRowCache | None = None
+        self._rows: Any = None  # the training dataset, once its rows carry ids
+        self._cache_done = False  # built, or decided against
+
+    @property
+    def cache_enabled(self) -> bool:
+        """``seq_teacher_cache`` of the config (True when unset)."""
+        flag = self.config["seq_teacher_cache"] if self.config is not None else None
+        return True if flag is None else bool(flag)
+
+    def attach_rows(self, dataset: Any) -> None:
+        """Give the training rows ids (:func:`add_row_ids`) for the teacher cache (nothing
+        when ``seq_teacher_cache`` is off)."""
+        if self.cache_enabled:
+            add_row_ids(dataset)
+            self._rows = dataset
+
+    def build_cache(self, probe: Any = None) -> TeacherRowCache | None:
+        """Build the :class:`TeacherRowCache` once (timed in ``teacher_seconds``).
+
+        Nothing is built when the cache is off, no training rows are attached, the teacher's
+        scores are not ``h E^T (+ bias)`` (checked on ``probe``, default the first rows), or
+        the cache would exceed ``cache_max_bytes`` (one warning): the teacher then runs on
+        every batch.
+        """
+        if self._cache_done:
+            return self.row_cache
+        if self._rows is None:
+            self._cache_done = True
+            return None
+        t0 = time.perf_counter()
+        rows = self._rows
+        if self.teacher_scorer.exact is None:
+            self.teacher_scorer.check(probe if probe is not None
+                                      else rows[0:64].to(self.device))
+        self._cache_done = True
+        if self.teacher_scorer.exact:
+            n = len(rows.inter_feat)
+            table = item_table(self.teacher)[0]
+            dim = int(table.shape[1])
+            seq_len = int(rows.inter_feat[self.teacher.ITEM_SEQ].shape[1])
+            need = TeacherRowCache.nbytes(n, dim, seq_len, self.device, table.element_size())
+            if need > self.cache_max_bytes:
+                warnings.warn(f"the teacher cache would take {need / 2 ** 20:.0f} MiB "
+                              f"({n} rows x {dim}) > {self.cache_max_bytes / 2 ** 20:.0f} MiB: "
+                              "the teacher runs on every batch instead", stacklevel=2)
+            else:
+                self.row_cache = TeacherRowCache.build(self.teacher, rows, self.chunk_size,
+                                                       self.device)
+                log.info("teacher cache: %d rows x %d (%.1f MiB) in %.1f s", n, dim,
+                         need / 2 ** 20, self.row_cache.seconds)
+        self.teacher_seconds += time.perf_counter() - t0
+        return self.row_cache
+
+    def teacher_hidden(self, interaction: Any) -> Tensor:
+        """``[B, d_t]`` the teacher's representations of the batch's rows: gathered from the
+        cache when it has them, else a forward of the teacher (no gradients)."""
+        cache = self.build_cache(interaction)
+        hidden = cache.gather(interaction) if cache is not None else None
+        if hidden is None:
+            if cache is not None and cache.misses == 1:
+                log.warning("a training batch's rows are not the cached teacher rows (ids or "
+                            "prefixes differ): the teacher runs on such batches")
+            with torch.no_grad():
+                hidden = sequence_output(self.teacher, interaction)
+        return hidden
 
     @property
     def chunk_size(self) -> int:
@@ -270,12 +479,16 @@ class SequentialContext:
 
     def batch(self, interaction: Any, topk: int) -> SequentialBatch:
         """The per-batch values of ``interaction``: both representations and (``topk > 0``)
-        the teacher's top-``topk`` of each row."""
+        the teacher's top-``topk`` of each row (the teacher's representations from the
+        :class:`TeacherRowCache` when there is one, built on the first call if
+        :meth:`build_cache` was not called before)."""
         self.student_scorer.check(interaction)
         self.teacher_scorer.check(interaction)
+        if self.teacher_scorer.exact and not self._cache_done:
+            self.build_cache(interaction)  # timed in teacher_seconds
         t0 = time.perf_counter()
         with torch.no_grad():
-            t_hidden = sequence_output(self.teacher, interaction) if (
+            t_hidden = self.teacher_hidden(interaction) if (
                 self.teacher_scorer.exact) else None
             top = self.teacher_topk(interaction, t_hidden, topk) if topk > 0 else None
         self.teacher_seconds += time.perf_counter() - t0
@@ -563,12 +776,15 @@ class SequentialDistillRecommender(FrozenTeacherWrapper, SequentialRecommender):
     Config keys: as :class:`~recsys.recbole.model.DistillRecommender` (``student``,
     ``student_config``, ``teacher_checkpoint``, ``distill_method``, ``distill_weight``,
     ``distill_params``, ``softlabel_chunk_size``), plus ``loss_type`` = the student's
-    (:func:`sequential_config` sets it).
+    (:func:`sequential_config` sets it) and ``seq_teacher_cache`` (bool, default True: the
+    teacher's representation of every training row computed once, :class:`TeacherRowCache`;
+    ``dataset`` -- RecBole's ``train_data.dataset`` -- gets the :data:`ROW_ID_FIELD` column).
 
     Attributes:
         student: the trainable RecBole sequential model (``student.*`` in the state).
         distill: the method (``distill.*``; the hidden-state projectors are trainable).
-        softlabel_seconds: wall time spent in the teacher (representations, top-K) so far.
+        softlabel_seconds: wall time spent in the teacher (cache build, representations,
+            top-K) so far.
     """
 
     type = ModelType.SEQUENTIAL
@@ -609,6 +825,8 @@ class SequentialDistillRecommender(FrozenTeacherWrapper, SequentialRecommender):
         self.distill = build_sequential_method(config["distill_method"], self.ctx,
                                                config["distill_params"] or {})
         self.distill_weight = float(config["distill_weight"])
+        if self.distill_weight != 0.0:
+            self.ctx.attach_rows(dataset)  # after the models: none of them sees the column
         self._prepared = False
 
     @property
@@ -616,7 +834,10 @@ class SequentialDistillRecommender(FrozenTeacherWrapper, SequentialRecommender):
         return self.ctx.teacher_seconds
 
     def prepare(self, cache_dir: str | None = None) -> None:
-        """Nothing to extract up front: the teacher's top-K is computed per batch."""
+        """Build the teacher's per-row cache (:meth:`SequentialContext.build_cache`; in
+        memory, ``cache_dir`` is unused); its top-K is computed per batch from it."""
+        if not self._prepared and self.distill_weight != 0.0:
+            self.ctx.build_cache()
         self._prepared = True
 
     def distill_term(self, interaction: Any) -> Tensor:

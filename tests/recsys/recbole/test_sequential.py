@@ -211,3 +211,134 @@ def test_student_alone_and_wrong_teacher_type(seq_config, seq_teachers, run_dir)
         run_distillation("SASRec", "SASRec", "dcd", "tiny", config_dict=seq_config,
                          run_dir=run_dir)
     assert set(SEQUENTIAL_METHODS.names()) == {"none", "rd", "rrd", "kd", "hidden", "de"}
+
+
+# ----------------------------------------------------------------------------- teacher cache
+def _live_batch(model, inter, k):
+    """The per-batch teacher path (no cache): the teacher's forward on the batch itself."""
+    from recsys.recbole.sequential import sequence_output
+
+    model.ctx.teacher_scorer.check(inter)
+    with torch.no_grad():
+        hidden = sequence_output(model.teacher, inter)
+        return hidden, model.ctx.teacher_topk(inter, hidden, k)
+
+
+def test_teacher_cache_equals_the_live_teacher(seq_config, seq_teachers):
+    from recsys.recbole.sequential import ROW_ID_FIELD, sequence_output
+
+    _, data, model, _ = _setup("kd", seq_config, seq_teachers["SASRec"],
+                               distill_params={"k": 7}, softlabel_chunk_size=100)
+    train = data[0].dataset
+    n = len(train)
+    ids = train.inter_feat[ROW_ID_FIELD]
+    assert ids.dtype == torch.int64 and torch.equal(ids, torch.arange(n))
+    model.prepare()
+    cache = model.ctx.row_cache
+    assert cache is not None and cache.hidden.shape == (n, 16)
+    assert model.softlabel_seconds >= cache.seconds > 0
+    # every row against one forward of the teacher over all rows (no row ids involved)
+    with torch.no_grad():
+        ref_all = sequence_output(model.teacher, train[0:n])
+    assert torch.allclose(cache.hidden, ref_all, atol=1e-6, rtol=0)
+    model.train()
+    shuffled = False
+    for i, inter in enumerate(data[0]):
+        if i == 3:
+            break
+        bid = inter[ROW_ID_FIELD]
+        shuffled |= not torch.equal(bid, bid.sort().values)
+        before = cache.hits
+        batch = model.ctx.batch(inter, 7)
+        assert cache.hits == before + 1  # gathered from the cache, not recomputed
+        hidden, top = _live_batch(model, inter, 7)
+        assert torch.allclose(batch.teacher_hidden, hidden, atol=1e-6, rtol=0)
+        assert torch.equal(batch.top.indices, top.indices)
+        assert torch.allclose(batch.top.scores, top.scores, atol=1e-6, rtol=0)
+        # the row ids matter: the cache gathered with other rows' ids is not the batch's
+        wrong = cache.hidden[bid.roll(1)]
+        assert not torch.allclose(wrong, hidden, atol=1e-3)
+    assert shuffled and cache.misses == 0
+    # rows whose ids do not match their prefixes are refused (and computed live)
+    bad = inter[torch.arange(len(inter))]
+    bad[ROW_ID_FIELD] = bad[ROW_ID_FIELD].roll(1)
+    assert cache.gather(bad) is None and cache.misses == 1
+    got = model.ctx.batch(bad, 7)
+    hidden, top = _live_batch(model, bad, 7)
+    assert torch.allclose(got.teacher_hidden, hidden, atol=1e-6, rtol=0)
+    assert torch.equal(got.top.indices, top.indices)
+
+
+def test_teacher_cache_fallbacks(seq_config, seq_teachers):
+    # too large for the limit: one warning, the teacher runs per batch
+    _, data, model, inter = _setup("kd", seq_config, seq_teachers["SASRec"],
+                                   distill_params={"k": 5})
+    model.ctx.cache_max_bytes = 1000
+    with pytest.warns(UserWarning, match="teacher cache would take"):
+        model.prepare()
+    assert model.ctx.row_cache is None
+    model.eval()
+    batch = model.ctx.batch(inter, 5)
+    hidden, top = _live_batch(model, inter, 5)
+    assert torch.equal(batch.teacher_hidden, hidden) and torch.equal(batch.top.indices,
+                                                                     top.indices)
+    # no dot-product scorer: nothing cached
+    _, _, model, _ = _setup("kd", seq_config, seq_teachers["GRU4Rec"], distill_params={"k": 5})
+    model.ctx.teacher_scorer.exact = False
+    model.prepare()
+    assert model.ctx.row_cache is None
+
+
+def test_row_ids_stay_out_of_the_models_and_evaluation(seq_config, seq_teachers):
+    from recsys.recbole.sequential import ROW_ID_FIELD
+
+    _, data, model, inter = _setup("rd", seq_config, seq_teachers["GRU4Rec"],
+                                   student="GRU4Rec",
+                                   student_config={"embedding_size": 8, "hidden_size": 8})
+    train, valid, test = data
+    assert ROW_ID_FIELD in inter and ROW_ID_FIELD not in train.dataset.field2type
+    assert ROW_ID_FIELD not in train.dataset.fields()
+    for loader in (valid, test):
+        assert ROW_ID_FIELD not in loader.dataset.inter_feat
+        assert ROW_ID_FIELD not in next(iter(loader))[0]
+    # the student's loss is the same with and without the column
+    model.eval()
+    plain = inter[torch.arange(len(inter))]
+    del plain[ROW_ID_FIELD]
+    with torch.no_grad():
+        assert float(model.student.calculate_loss(inter)) == float(
+            model.student.calculate_loss(plain))
+    # switched off: no column, no cache
+    _, data, model, inter = _setup("rd", seq_config, seq_teachers["SASRec"],
+                                   seq_teacher_cache=False)
+    model.prepare()
+    assert ROW_ID_FIELD not in inter and model.ctx.row_cache is None
+    assert ROW_ID_FIELD not in data[0].dataset.inter_feat
+
+
+def test_cached_and_live_teacher_train_the_same_student(seq_config, seq_teachers, run_dir):
+    from recsys.recbole import DistillTrainer
+
+    losses, results = {}, {}
+    for flag in (True, False):
+        cfg, data, model, _ = _setup("rd", seq_config, seq_teachers["SASRec"],
+                                     distill_params={"k": 5}, seq_teacher_cache=flag,
+                                     epochs=2)
+        trainer = DistillTrainer(cfg, model)
+        trainer.fit(data[0], data[1], saved=False, verbose=False)
+        losses[flag] = [trainer.train_loss_dict[e] for e in range(2)]
+        assert (model.ctx.row_cache is not None) == flag
+        if flag:
+            assert model.ctx.row_cache.hits == 2 * len(data[0])
+        results[flag] = [p["score"] for p in trainer.valid_curve]
+    assert losses[True] == pytest.approx(losses[False], rel=1e-5)
+    assert results[True] == pytest.approx(results[False], abs=1e-5)
+    # and through run_distillation (KD: top-K plus teacher scores of sampled items)
+    res = {flag: run_distillation(
+        "SASRec", "SASRec", "kd", "tiny", student_config=STUDENT_CFG,
+        teacher_checkpoint=seq_teachers["SASRec"], saved=False, run_dir=run_dir,
+        config_dict={**seq_config, "seq_teacher_cache": flag,
+                     "distill_params": {"k": 5, "num_samples": 5}}) for flag in (True, False)}
+    assert res[True]["best_valid_score"] == pytest.approx(res[False]["best_valid_score"],
+                                                          abs=1e-5)
+    assert res[True]["softlabel_seconds"] > 0 and res[False]["softlabel_seconds"] > 0
