@@ -104,6 +104,11 @@ def silence_known_warnings() -> None:
     warnings.filterwarnings(
         "ignore", message=r"`torch\.cuda\.amp\.GradScaler\(args\.\.\.\)` is deprecated",
         category=FutureWarning, module=r"recbole\.trainer")
+    # pandas' Series.agg(len) deprecation from Dataset._split_seq (token_seq fields such as
+    # the context-aware models' genres)
+    warnings.filterwarnings(
+        "ignore", message=r"using <built-in function len> in Series\.agg cannot aggregate",
+        category=FutureWarning, module=r"recbole\.data\.dataset")
     # torch.sparse.FloatTensor deprecation from LightGCN/NGCF get_norm_adj_mat
     warnings.filterwarnings(
         "ignore", message=r"torch\.sparse\.SparseTensor\(indices, values, shape",

@@ -73,6 +73,10 @@ def test_known_warnings_filtered_and_others_kept():
             module="recbole.data.dataset.dataset")
         warnings.warn_explicit("`torch.cuda.amp.GradScaler(args...)` is deprecated.",
                                FutureWarning, "trainer.py", 235, module="recbole.trainer.trainer")
+        warnings.warn_explicit(
+            "using <built-in function len> in Series.agg cannot aggregate and has been "
+            "deprecated. Use Series.transform to keep behavior unchanged.", FutureWarning,
+            "dataset.py", 1217, module="recbole.data.dataset.dataset")
         warnings.warn_explicit("something else", FutureWarning, "dataset.py", 1,
                                module="recbole.data.dataset.dataset")
     assert [str(w.message) for w in rec] == ["something else"]
