@@ -12,7 +12,10 @@ that times each part of the step with ``time.process_time`` (CPU time of this pr
   student's scores of the sampled lists (``DistillContext.student_scores``, the
   ``[B, n_items]`` matrix product gathered at the lists; DCD's item side: ``bmm`` of each
   batch item's user list; forward and backward, replayed on the same batches) and
-  ``loss+rest`` the loss itself and its per-batch lookups;
+  ``experts`` DE's expert networks (:func:`recsys.losses.de.experts_mixture`, forward and
+  backward, replayed the same way: the arithmetic of the 2 x 30 experts on up to
+  ``max_entities`` entities of each kind) and ``loss+rest`` the loss itself and its per-batch
+  lookups;
 * ``step``: Adam.
 
 The two loss terms are back-propagated separately (the gradients add up to the trainer's up to
@@ -23,7 +26,7 @@ results' dense path stays.
 
 Usage::
 
-    python -m benchmarks.ranking_epoch_cost                 # rd,cd,rrd,unkd,dcd,ftd
+    python -m benchmarks.ranking_epoch_cost                 # rd,cd,rrd,unkd,dcd,ftd,de,de_rrd
     python -m benchmarks.ranking_epoch_cost --methods rrd --epochs 3
 
 Writes ``benchmarks/results/recbole_ml100k/timing/breakdown/epoch_cost.{json,md}``.
@@ -50,8 +53,8 @@ from benchmarks.recbole_grid import (
 from graphkd.fileio import atomic_write_json, atomic_write_text
 
 BENCH = Bench(name="recbole_ml100k", dataset="ml-100k", title="ml-100k (RecBole's shipped copy)")
-DEFAULT_METHODS = ("rd", "cd", "rrd", "unkd", "dcd", "ftd")
-PARTS = ("data", "student", "resample", "distill", "scoring", "step")
+DEFAULT_METHODS = ("rd", "cd", "rrd", "unkd", "dcd", "ftd", "de", "de_rrd")
+PARTS = ("data", "student", "resample", "distill", "scoring", "experts", "step")
 
 
 class _Clock:
@@ -117,9 +120,10 @@ def _epoch(train: Any, model: Any, opt: Any, epoch: int) -> dict[str, float]:
     """One timed epoch; ``scoring`` replays the recorded list-scoring calls."""
     import torch
 
+    from recsys.losses import de
     from recsys.recbole import methods
 
-    clock, calls = _Clock(), []
+    clock, calls, expert_calls = _Clock(), [], []
     ctx = model.ctx
     plain = type(ctx).student_scores
     item_lists = methods._item_list_scores
@@ -132,13 +136,21 @@ def _epoch(train: Any, model: Any, opt: Any, epoch: int) -> dict[str, float]:
         calls.append((item_lists, a, torch.is_grad_enabled()))
         return item_lists(*a)
 
+    mixture = de.experts_mixture
+
+    def recorded_experts(*a: Any, **kw: Any) -> Any:  # DE: every expert call, replayed below
+        expert_calls.append((a, kw, torch.is_grad_enabled()))
+        return mixture(*a, **kw)
+
     ctx.student_scores = recorded  # instance attribute: this benchmark's ctx only
     methods._item_list_scores = recorded_items
+    de.experts_mixture = recorded_experts
     try:
         _timed_steps(train, model, opt, epoch, clock)
     finally:
         del ctx.student_scores
         methods._item_list_scores = item_lists
+        de.experts_mixture = mixture
     t = time.process_time()
     for fn, a, grad in calls:  # as recorded: with backward, or without gradients
         with torch.set_grad_enabled(grad):
@@ -146,6 +158,13 @@ def _epoch(train: Any, model: Any, opt: Any, epoch: int) -> dict[str, float]:
         if grad:
             s.backward(torch.ones_like(s))
     clock.add("scoring", t)
+    t = time.process_time()
+    for (s_in, alpha, *weights), kw, grad in expert_calls:  # inputs as leaves, same shapes
+        with torch.set_grad_enabled(grad):
+            out = mixture(s_in.detach().requires_grad_(grad), alpha.detach(), *weights, **kw)
+        if grad:
+            out.backward(torch.ones_like(out))
+    clock.add("experts", t)
     opt.zero_grad()
     clock.total["batches"] = float(len(train))
     return clock.total
@@ -162,7 +181,7 @@ def summarize(rows: list[dict[str, float]]) -> dict[str, Any]:
     """Median per-epoch CPU seconds of each part, and their sum (``epoch``)."""
     out: dict[str, Any] = {p: statistics.median(r.get(p, 0.0) for r in rows) for p in PARTS}
     out["batches"] = rows[0]["batches"]
-    out["epoch"] = sum(out[p] for p in PARTS if p != "scoring")
+    out["epoch"] = sum(out[p] for p in PARTS if p not in ("scoring", "experts"))
     return out
 
 
@@ -208,8 +227,9 @@ def render(result: dict[str, Any]) -> str:
     for m, r in result["methods"].items():
         rows.append([LABELS[m], f"{r['epoch']:.3f}", f"{r['epoch'] / none:.2f}",
                      f"{r['data']:.3f}", f"{r['student']:.3f}", f"{r['resample']:.3f}",
-                     f"{r['distill']:.3f}", f"{r['scoring']:.3f}",
-                     f"{max(r['distill'] - r['scoring'], 0.0):.3f}", f"{r['step']:.3f}"])
+                     f"{r['distill']:.3f}", f"{r['scoring']:.3f}", f"{r['experts']:.3f}",
+                     f"{max(r['distill'] - r['scoring'] - r['experts'], 0.0):.3f}",
+                     f"{r['step']:.3f}"])
     lines = ["# Ranking-distillation epoch cost, ml-100k", "",
              "Produced by `python -m benchmarks.ranking_epoch_cost` (see its docstring for the "
              "method). CPU seconds per epoch of this process, one torch thread, median of "
@@ -222,7 +242,8 @@ def render(result: dict[str, Any]) -> str:
              "The student alone is the same loop with the `none` method (no distillation "
              "term).", ""]
     lines += [markdown_table(["method", "epoch", "/ alone", "data", "student", "resample",
-                             "distill", "of which scoring", "loss+rest", "step"], rows)]
+                             "distill", "of which scoring", "of which experts", "loss+rest",
+                             "step"], rows)]
     lines += ["", "One RRD batch's list scoring, forward + backward (690 users x 80 items, "
               "d=20):", ""]
     lines += [markdown_table(["way", "CPU ms", "max abs diff to the dense path"],
