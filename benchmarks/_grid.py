@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import RESULTS_DIR, machine_info
+from benchmarks._util import RESULTS_DIR, machine_info, write_block
 from graphkd.fileio import atomic_write_json, atomic_write_text, check_name
 
 __all__ = ["Table", "Grid", "fingerprint", "run_file", "finished", "pending", "load_runs",
@@ -954,16 +954,6 @@ def summary_lines(grid: Grid, results: Path = RESULTS_DIR) -> list[str]:
                      f"{_beats(t['rows'], 'student', scale)}. Higher than KD: "
                      f"{_beats(t['rows'], 'kd', scale)}.")
     return lines
-
-
-def write_block(doc: Path, start: str, end: str, block: str) -> None:
-    """Replace the text between the markers ``start`` and ``end`` of ``doc`` with ``block``."""
-    text = Path(doc).read_text()
-    if start not in text or end not in text:
-        raise ValueError(f"{doc} has no {start} ... {end} block.")
-    head, rest = text.split(start, 1)
-    _, tail = rest.split(end, 1)
-    atomic_write_text(doc, f"{head}{start}\n{block}\n{end}{tail}")
 
 
 def write_cost_block(doc: Path, grids: Sequence[Grid], results: Path = RESULTS_DIR) -> str:

@@ -558,3 +558,19 @@ def pyplot() -> Any:
     except ImportError:  # pragma: no cover - matplotlib ships with the dev extras
         return None
     return plt
+
+
+def write_block(doc: str | os.PathLike, start: str, end: str, block: str) -> None:
+    """Replace the text between the markers ``start`` and ``end`` of ``doc`` with ``block``
+    (``start\nblock\nend``, atomic): the generated blocks of the README and the docs.
+
+    Raises:
+        ValueError: ``doc`` lacks one of the markers (the file is left unchanged).
+    """
+    text = Path(doc).read_text(encoding="utf-8")
+    if start not in text or end not in text.split(start, 1)[-1]:
+        raise ValueError(f"{doc} has no {start} ... {end} block.")
+    head, rest = text.split(start, 1)
+    _, tail = rest.split(end, 1)
+    atomic_write_text(doc, f"{head}{start}\n{block}\n{end}{tail}")
+

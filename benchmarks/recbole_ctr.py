@@ -59,7 +59,14 @@ import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks._util import RESULTS_DIR, machine_info, machine_markdown, markdown_table, pyplot
+from benchmarks._util import (
+    RESULTS_DIR,
+    machine_info,
+    machine_markdown,
+    markdown_table,
+    pyplot,
+    write_block,
+)
 from benchmarks.recbole_grid import Bench, _git_commit, claim
 from graphkd.fileio import atomic_write, atomic_write_json, atomic_write_text, file_lock
 
@@ -549,7 +556,8 @@ README_END = "<!-- recbole_ctr:end -->"
 
 
 def readme_block(summary: dict[str, Any]) -> str:
-    """The README's CTR method list and tables, from the summary of the run files."""
+    """The README's CTR method list and tables (between the markers), from the summary of
+    the run files."""
     by_label = {r["label"]: r for r in summary["rows"]}
     rows = []
     for system, (paper, names, reproduced, adapted) in PAPERS.items():
@@ -560,7 +568,7 @@ def readme_block(summary: dict[str, Any]) -> str:
             for lab in HEADLINE[system] if by_label[lab]["auc"])
         rows.append([paper, names, reproduced, f"{adapted}; {_weights_text(summary, system)}",
                      result or "not run yet"])
-    lines = [README_BEGIN, "", verdict(summary), "", check_sentence(summary), "",
+    lines = ["", verdict(summary), "", check_sentence(summary), "",
              markdown_table(
         ["survey Table 7 row", "method", "reproduced", "adapted", "result on ml-100k "
          "(test AUC, Δ vs the student alone)"], rows), ""]
@@ -569,7 +577,7 @@ def readme_block(summary: dict[str, Any]) -> str:
     lines += [f"{summary['n_runs']} student and {summary['n_teachers']} teacher runs, "
               f"{summary['wall_seconds'] / 60:.1f} min of training on 2 shared CPU cores; "
               "protocol and machine in "
-              "[recbole_ctr.md](benchmarks/results/recbole_ctr.md).", "", README_END]
+              "[recbole_ctr.md](benchmarks/results/recbole_ctr.md).", ""]
     return "\n".join(lines)
 
 
@@ -650,12 +658,10 @@ PAIRED_COMPARISONS = [
 def update_readme(summary: dict[str, Any], path: Path) -> bool:
     """Replace the generated block of ``path`` (between :data:`README_BEGIN` and
     :data:`README_END`); False when the markers are missing."""
-    text = path.read_text(encoding="utf-8")
-    start, end = text.find(README_BEGIN), text.find(README_END)
-    if start < 0 or end < start:
+    try:
+        write_block(path, README_BEGIN, README_END, readme_block(summary))
+    except ValueError:
         return False
-    new = text[:start] + readme_block(summary) + text[end + len(README_END):]
-    atomic_write_text(path, new)
     return True
 
 

@@ -12,13 +12,12 @@ by hand. ``--print`` writes the section to stdout instead.
 from __future__ import annotations
 
 import argparse
-import re
 import sys
 from pathlib import Path
 from typing import Any
 
 from benchmarks import recbole_ml1m, recbole_ml100k
-from benchmarks._util import markdown_table
+from benchmarks._util import markdown_table, write_block
 from benchmarks.recbole_grid import (
     GRID_SEED,
     LABELS,
@@ -29,7 +28,6 @@ from benchmarks.recbole_grid import (
     parse_args,
     summarize,
 )
-from graphkd.fileio import atomic_write_text
 
 __all__ = ["section", "update_readme"]
 
@@ -125,11 +123,10 @@ def section(benches=BENCHES, argv: list[str] | None = None) -> str:
 
 def update_readme(path: Path, text: str) -> None:
     """Replace the marked section of ``path`` with ``text`` (atomic)."""
-    body = path.read_text(encoding="utf-8")
-    pattern = re.compile(re.escape(START) + r".*?" + re.escape(END), re.S)
-    if not pattern.search(body):
-        raise SystemExit(f"{path}: no '{START}' ... '{END}' markers")
-    atomic_write_text(path, pattern.sub(lambda _: f"{START}\n{text}\n{END}", body, count=1))
+    try:
+        write_block(path, START, END, text)
+    except ValueError:
+        raise SystemExit(f"{path}: no '{START}' ... '{END}' markers") from None
 
 
 def main(argv: list[str] | None = None) -> int:
