@@ -295,6 +295,7 @@ def ensure_teacher(cfg: Any, data: Any, *, progress: bool = False) -> tuple[Any,
               epochs=t.epochs, metric=metric, grad_clip=t.grad_clip,
               optimizer=lambda p: build_optimizer(p, t), scheduler=lambda o: build_scheduler(o, t),
               loss_fn=TaskLoss(), progress=progress, desc="teacher", restore_best=True,
+              select=t.select,
               device=device, out_dir=path.with_suffix(".fit"), resume=True)
     model.eval()
     rows = res.history
@@ -618,7 +619,10 @@ def collect_table(grid: Grid, table: Table, results: Path, *, seeds: Sequence[in
     setup = (f"Data `{cfg.data.name}`{kw(cfg.data.kwargs)}; teacher "
              f"`{te.model.preset}`{kw(te.model.kwargs)}"
              + (f" ({teacher['num_params']:,} parameters)" if teacher else "")
-             + f", {te.train.epochs} epochs; student `{st.model.preset}`"
+             + f", {te.train.epochs} epochs"
+             + (" (its last epoch: `teacher.train.select: last`)" if te.train.select == "last"
+                else "")
+             + f"; student `{st.model.preset}`"
              f"{kw(st.model.kwargs)}"
              + (f" ({next(iter(records.values()))['student_params']:,} parameters)"
                 if records else "")
@@ -863,8 +867,10 @@ def main(grid: Grid, doc: str, argv: Sequence[str] | None = None) -> int:
             print(json.dumps(cost["epoch_estimate"], indent=1), flush=True)
             continue
         teacher, trec = ensure_teacher(cfg, data, progress=args.progress)
-        atomic_write_json(teacher_record_file(base / "runs", table.key, cfg),
-                          {k: v for k, v in trec.items() if k != "path"}, indent=1)
+        trec_file = teacher_record_file(base / "runs", table.key, cfg)
+        if not (trec.get("cached") and trec_file.is_file()):  # written when trained
+            atomic_write_json(trec_file, {k: v for k, v in trec.items() if k != "path"},
+                              indent=1)
         print(f"[{grid.name}] {table.key} teacher: test {trec['test_at_best']:.4f} "
               f"(val {trec['best_val']:.4f}, epoch {trec['best_epoch']})", flush=True)
         if args.teacher_only:

@@ -69,6 +69,8 @@ T = TypeVar("T")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 #: Learning-rate schedules accepted by :class:`OptimizerConfig`.
 SCHEDULERS = ("none", "cosine", "step")
+#: Field-metadata key: leave the field out of :func:`to_dict` while it holds its default.
+OMIT_IF_DEFAULT = "omit_if_default"
 
 
 class ConfigError(ValueError):
@@ -116,6 +118,8 @@ class TrainConfig:
         eval_batch_size: graphs per batch at evaluation (default: ``batch_size``).
         optimizer: see :class:`OptimizerConfig`.
         grad_clip: max gradient norm, ``None`` for no clipping.
+        select: the reported epoch: ``best`` (validation; the default) or ``last`` (for
+            validation splits too small to rank epochs; see :func:`graphkd.train.fit`).
     """
 
     epochs: int = 10
@@ -123,6 +127,7 @@ class TrainConfig:
     eval_batch_size: int | None = None
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     grad_clip: float | None = None
+    select: str = field(default="best", metadata={OMIT_IF_DEFAULT: True})
 
     def validate(self, path: str) -> None:
         _positive(self.epochs, f"{path}.epochs")
@@ -132,6 +137,8 @@ class TrainConfig:
         if self.grad_clip is not None:
             _positive(self.grad_clip, f"{path}.grad_clip")
         self.optimizer.validate(f"{path}.optimizer")
+        if self.select not in ("best", "last"):
+            raise ConfigError(f"{path}.select: 'best' or 'last', got {self.select!r}.")
 
 
 @dataclass
@@ -471,8 +478,25 @@ def from_dict(cls: type[T], data: Any, path: str = "config") -> T:
 
 
 def to_dict(cfg: Any) -> dict[str, Any]:
-    """A plain (YAML/JSON-serialisable) dict of a config dataclass."""
-    return dataclasses.asdict(cfg)
+    """A plain (YAML/JSON-serialisable) dict of a config dataclass.
+
+    A field added after results were keyed on these dicts carries
+    ``metadata={OMIT_IF_DEFAULT: True}`` and is left out while it holds its default, so the
+    teacher cache keys and run fingerprints (:func:`config_hash`) of configs that do not use it
+    stay what they were.
+    """
+    return _plain(cfg)
+
+
+def _plain(obj: Any) -> Any:
+    if dataclasses.is_dataclass(obj) and not isinstance(obj, type):
+        return {f.name: _plain(getattr(obj, f.name)) for f in dataclasses.fields(obj)
+                if not (f.metadata.get(OMIT_IF_DEFAULT) and getattr(obj, f.name) == f.default)}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_plain(v) for v in obj)
+    if isinstance(obj, dict):
+        return {k: _plain(v) for k, v in obj.items()}
+    return copy.deepcopy(obj)
 
 
 def config_hash(obj: Any, length: int = 12) -> str:

@@ -257,6 +257,9 @@ class FitResult:
 
 _NOT_LOSSES = ("epoch", "loss", "lr", "time_s")
 
+#: How :func:`fit` picks the epoch it reports (see its ``select`` argument).
+SELECTIONS = ("best", "last")
+
 
 def loss_columns(row: dict[str, float]) -> dict[str, float]:
     """The named losses of a history row (``task``, ``kd``, ``lsp[convs.1]``, ...): every
@@ -462,6 +465,7 @@ def fit(
     distributed: bool | None = None,
     sync_batchnorm: bool = False,
     check_weights: int | WeightCheck = 3,
+    select: str = "best",
 ) -> FitResult:
     """Train a plain model or a Distiller for ``epochs`` epochs, selecting on validation.
 
@@ -498,6 +502,11 @@ def fit(
             than 100x, is below 1e-3x of it, or is ~0 from the start; the norms go to
             ``result.grad_norms`` and the ``gradnorm/<term>`` columns of epoch 1. Training is
             unchanged (``.grad`` is not touched). Skipped under DDP and on resume.
+        select: which epoch is the result: ``"best"`` -- the first epoch with the best
+            validation metric (ties keep the earlier one); ``"last"`` -- the final epoch, as
+            Hu et al. (2020, pretrain-gnns) report on MoleculeNet, for validation sets too small
+            to rank epochs (BBBP's 204 molecules give a ROC-AUC that the epoch-0 model already
+            ties). The validation metric is still measured and logged either way.
 
     **Exact resume.** ``out_dir/last.pt`` is written at the end of every epoch, after
     validation (the start of the next epoch), with every RNG state the run owns (the global
@@ -523,6 +532,8 @@ def fit(
     m = get_metric(metric)
     if epochs < 1:
         raise ValueError(f"`epochs` must be >= 1, got {epochs}.")
+    if select not in SELECTIONS:
+        raise ValueError(f"`select` must be one of {SELECTIONS}, got {select!r}.")
     if resume and out_dir is None:
         raise ValueError("resume=True needs the out_dir= of the interrupted run.")
     distributed = gd.is_distributed() and distributed is not False
@@ -684,7 +695,8 @@ def fit(
             _step_scheduler(sched, value)
         row["time_s"] = train_s
         result.history.append(row)
-        if val_loader is None or not result.best_epoch or m.better(value, result.best_metric):
+        if (val_loader is None or select == "last" or not result.best_epoch
+                or m.better(value, result.best_metric)):
             result.best_epoch, result.best_metric = epoch, value
             best_state = copy.deepcopy(model.state_dict())
             if out is not None and main:

@@ -156,7 +156,7 @@ def train_on(
         optimizer=lambda params: build_optimizer(params, cfg),
         scheduler=lambda opt: build_scheduler(opt, cfg),
         loss_fn=None if isinstance(model, Distiller) else TaskLoss(),
-        progress=progress, desc=desc, restore_best=restore_best, device=device,
+        progress=progress, desc=desc, restore_best=restore_best, device=device, select=cfg.select,
         distributed=distributed, sync_batchnorm=sync_batchnorm)
     rows = res.history
     hist: dict[str, Any] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,7 @@ from graphkd.config import (
     apply_overrides,
     config_hash,
     load_config,
+    to_dict,
 )
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -141,6 +143,20 @@ def test_config_hash_is_stable_and_sensitive():
     assert config_hash(a) == config_hash(b) and len(config_hash(a)) == 12
     b.teacher.train.epochs += 1
     assert config_hash(a) != config_hash(b)
+
+
+def test_select_is_validated_and_left_out_of_hashes_at_its_default():
+    """``train.select`` joined the config after teacher caches and run files were keyed on
+    ``to_dict``: at its default it is absent (old keys stay valid), set it changes the hash."""
+    a = _load(BASE)
+    assert "select" not in to_dict(a)["teacher"]["train"] and a.teacher.train.select == "best"
+    assert to_dict(a)["teacher"]["train"] == {
+        k: v for k, v in dataclasses.asdict(a)["teacher"]["train"].items() if k != "select"}
+    b = _load({**BASE, "teacher": {**BASE["teacher"], "train": {"epochs": 3, "select": "last"}}})
+    assert to_dict(b)["teacher"]["train"]["select"] == "last"
+    assert config_hash(a) != config_hash(b)
+    with pytest.raises(ConfigError, match="config.teacher.train.select: 'best' or 'last'"):
+        _load({**BASE, "teacher": {**BASE["teacher"], "train": {"epochs": 3, "select": "final"}}})
 
 
 @pytest.mark.parametrize("path", sorted(CONFIGS.glob("*.yaml")), ids=lambda p: p.name)

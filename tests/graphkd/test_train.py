@@ -201,6 +201,37 @@ def test_selection_takes_the_first_best_finite_value():
     assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in states[2].items())
 
 
+def test_select_last_reports_and_keeps_the_final_epoch():
+    """``select="last"``: the final epoch's validation/test values and weights, although epoch
+    1 validated higher; an unknown selection names the choices."""
+    values = iter([0.9, 0.1, 0.2, 0.2, 0.5, 0.3, 0.4, 0.4, 0.3, 0.5])  # (val, test) per epoch
+    scripted = Metric("scripted", lambda z, y: next(values))
+    states = []
+
+    class Spy(nn.Module):  # records the weights evaluated after every epoch
+        def __init__(self):
+            super().__init__()
+            self.net = _mlp()
+
+        def forward(self, x):
+            if not self.training:
+                states.append({k: v.clone() for k, v in self.net.state_dict().items()})
+            return self.net(x)
+
+    torch.manual_seed(0)
+    model = Spy()
+    loader, one = DataLoader(_tabular(32), batch_size=16), DataLoader(_tabular(16, 1), 16)
+    res = fit(model, loader, one, test_loader=one, epochs=5, lr=0.1, metric=scripted,
+              progress=False, select="last")
+    assert (res.best_epoch, res.best_metric, res.test) == (5, 0.3, 0.5)
+    assert [r["val_scripted"] for r in res.history] == [0.9, 0.2, 0.5, 0.4, 0.3]
+    assert len(states) == 10 and not all(torch.equal(v, states[-1][k])
+                                         for k, v in states[0].items())
+    assert all(torch.equal(v, model.net.state_dict()[k]) for k, v in states[-1].items())
+    with pytest.raises(ValueError, match="'best', 'last'"):
+        fit(model, loader, one, epochs=1, progress=False, select="final")
+
+
 def test_scheduler_is_stepped_per_epoch_and_resumed_exactly(tmp_path):
     data = _tabular()
 
