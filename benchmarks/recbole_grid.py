@@ -73,6 +73,8 @@ TEACHERS = {"bpr": ("BPR", {"embedding_size": 200}),
 STUDENT = ("BPR", {"embedding_size": 20})
 LR_GRID = (0.001, 0.005)
 WEIGHT_GRID = (0.1, 1.0, 10.0)  # x the method's reference lambda
+#: a choice at the edge of the lambda grid extends it once by this factor past that edge
+EDGE_STEP = 10.0
 EPOCH_CAP = 300  # RecBole's default `epochs`
 STOPPING_STEP = 10  # RecBole's default
 TRAIN_BATCH = 2048  # RecBole's default
@@ -371,13 +373,12 @@ def _current(bench: Bench, args: argparse.Namespace) -> dict[str, dict[str, Any]
     return out
 
 
-def select(runs: dict[str, dict[str, Any]], method: str, tkey: str,
-           args: argparse.Namespace) -> tuple[float, float | None] | None:
-    """The chosen (lr, multiplier) of ``method``: the best valid NDCG@10 on the grid seed (ties:
-    the reference lambda, then the smaller lr); None while the grid is incomplete."""
-    owner = None if method == "none" else tkey
+def _best(runs: dict[str, dict[str, Any]], method: str, owner: str | None,
+          points: list[tuple[float, float | None]]) -> tuple[float, float | None] | None:
+    """The best of ``points`` on the grid seed's valid NDCG@10 (ties: the reference lambda,
+    then the smaller lr); None while one of them has no run."""
     scored = []
-    for lr, mult in grid_points(method, args):
+    for lr, mult in points:
         r = runs.get(run_key(method, owner, lr, mult, GRID_SEED))
         if r is None:
             return None
@@ -385,6 +386,47 @@ def select(runs: dict[str, dict[str, Any]], method: str, tkey: str,
         scored.append((-r["best_valid_score"], ref_first, lr, lr, mult))
     best = min(scored, key=lambda s: s[:3])
     return best[3], best[4]
+
+
+def edge_extension(method: str, chosen: tuple[float, float | None] | None,
+                   args: argparse.Namespace) -> tuple[float, float] | None:
+    """The one point past the lambda grid's edge that a choice at that edge asks for: the
+    chosen lr with the edge multiplier times (upper edge) or divided by (lower edge)
+    :data:`EDGE_STEP`; None for a choice inside the grid, the student alone, or with
+    ``--no-extend-edges``. Extended once: a choice at the new point is not extended again."""
+    if method == "none" or chosen is None or not args.extend_edges or len(args.weights) < 2:
+        return None
+    lr, mult = chosen
+    if mult == max(args.weights):
+        return lr, float(mult) * EDGE_STEP
+    if mult == min(args.weights):
+        return lr, float(mult) / EDGE_STEP
+    return None
+
+
+def selection(runs: dict[str, dict[str, Any]], method: str, tkey: str,
+              args: argparse.Namespace) -> dict[str, Any]:
+    """How ``method``'s values are chosen from the grid seed's runs.
+
+    Returns ``{"base": the best point of the grid (None while incomplete), "extension": the
+    point past the edge it asks for (or None), "chosen": the best point of the grid plus the
+    extension (None while either is incomplete)}``.
+    """
+    owner = None if method == "none" else tkey
+    points = grid_points(method, args)
+    base = _best(runs, method, owner, points)
+    ext = edge_extension(method, base, args)
+    chosen = base if ext is None else _best(runs, method, owner, [*points, ext])
+    return {"base": base, "extension": ext, "chosen": chosen}
+
+
+def select(runs: dict[str, dict[str, Any]], method: str, tkey: str,
+           args: argparse.Namespace) -> tuple[float, float | None] | None:
+    """The chosen (lr, multiplier) of ``method``: the best valid NDCG@10 on the grid seed over
+    the grid and, when the grid's best sits at an edge of the lambda grid, the one point past
+    that edge (:func:`edge_extension`); ties: the reference lambda, then the smaller lr. None
+    while the grid or the extension is incomplete."""
+    return selection(runs, method, tkey, args)["chosen"]
 
 
 def _run(bench: Bench, args: argparse.Namespace) -> None:
@@ -406,6 +448,9 @@ def _run(bench: Bench, args: argparse.Namespace) -> None:
                         continue
                     counts[student_run(bench, args, method, tkey, lr, mult, GRID_SEED,
                                        tpath)] += 1
+                ext = selection(_current(bench, args), method, tkey, args)["extension"]
+                if ext is not None and not (args.only_lrs or args.only_weights):
+                    counts[student_run(bench, args, method, tkey, *ext, GRID_SEED, tpath)] += 1
         if args.phase in ("final", "all"):
             runs = _current(bench, args)
             chosen = {m: select(runs, m, tkey, args) for m in args.methods}
@@ -499,6 +544,13 @@ def _load_timing(bench: Bench, args: argparse.Namespace) -> dict[str, dict[str, 
     return out
 
 
+def _finals(runs: dict[str, dict[str, Any]], method: str, owner: str | None,
+            point: tuple[float, float | None] | None, seeds: list[int]) -> list[dict[str, Any]]:
+    """The finished runs of ``seeds`` at ``point`` (none for ``None``)."""
+    return [] if point is None else [
+        runs[k] for s in seeds if (k := run_key(method, owner, point[0], point[1], s)) in runs]
+
+
 def summarize(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
     """Everything the report shows, from the run files of the current protocol."""
     runs = _current(bench, args)
@@ -520,23 +572,34 @@ def summarize(bench: Bench, args: argparse.Namespace) -> dict[str, Any]:
             cells = {}
             probe = [(lr, m) for lr in bench.probe_lrs if lr not in args.lrs
                      for m in ((None,) if method == "none" else args.weights)]
-            for lr, mult in [*grid_points(method, args), *probe]:
+            sel = selection(runs, method, tkey, args)
+            ext = [sel["extension"]] if sel["extension"] is not None else []
+            for lr, mult in [*grid_points(method, args), *probe, *ext]:
                 r = runs.get(run_key(method, owner, lr, mult, GRID_SEED))
                 if r is not None:
                     cells[f"{_num(lr)}|{'-' if mult is None else _num(mult)}"] = {
                         "valid_ndcg@10": r["best_valid_score"],
                         "stopped_at_cap": r["stopped_at_cap"],
                         "epochs_run": r["epochs_run"], "wall_seconds": r["wall_seconds"]}
-            chosen = select(runs, method, tkey, args)
-            grid[method] = {"cells": cells, "chosen": chosen}
-            if chosen is None:
+            # while the edge extension (or the seeds at its choice) is unfinished, the row
+            # shows the grid's own choice and says what is pending
+            chosen, shown = sel["chosen"], sel["chosen"]
+            final = _finals(runs, method, owner, chosen, args.seeds)
+            pending = None
+            if sel["base"] is not None and chosen != sel["base"]:
+                base_final = _finals(runs, method, owner, sel["base"], args.seeds)
+                if len(final) < len(base_final):
+                    shown, final = sel["base"], base_final
+                    pending = (f"{_num(sel['extension'][1])}× past the edge pending"
+                               if chosen is None else
+                               f"{_num(chosen[1])}× chosen past the edge, its seeds pending")
+            grid[method] = {"cells": cells, "chosen": chosen, "shown": shown,
+                            "extension": sel["extension"], "pending": pending}
+            if shown is None or not final:
                 continue
-            lr, mult = chosen
-            final = [runs[k] for s in args.seeds
-                     if (k := run_key(method, owner, lr, mult, s)) in runs]
-            if not final:
-                continue
+            lr, mult = shown
             row: dict[str, Any] = {
+                "pending": pending,
                 "method": method, "learning_rate": lr, "weight_multiplier": mult,
                 "distill_weight": weight_value(method, mult),
                 "reference_weight": reference_weight(method),
@@ -603,7 +666,10 @@ def render(bench: Bench, args: argparse.Namespace) -> str | None:
                                 "weight_multipliers": list(args.weights),
                                 "reference_weights": {m: reference_weight(m)
                                                       for m in args.methods},
-                                "selection": f"best valid NDCG@10 on seed {GRID_SEED}"},
+                                "selection": f"best valid NDCG@10 on seed {GRID_SEED}",
+                                "edge_extension": (f"once, x{_num(EDGE_STEP)} past a chosen "
+                                                   "edge of the lambda grid"
+                                                   if args.extend_edges else None)},
                        "seeds": list(args.seeds), **summary},
                       indent=1, default=str)
     _plot(bench, args, summary)
@@ -626,7 +692,11 @@ def _protocol_text(bench: Bench, args: argparse.Namespace) -> str:
         f"{{{', '.join(_num(x) for x in args.lrs)}}} x lambda in "
         f"{{{', '.join(_num(x) for x in args.weights)}}} x the method's reference lambda (its "
         "YAML's `distill_weight`), the student alone over the lr grid; the best valid NDCG@10 "
-        "wins (ties: the reference lambda, then the smaller lr); then seeds "
+        "wins (ties: the reference lambda, then the smaller lr)"
+        + (f"; a best point at an edge of the lambda grid extends it once, one x{_num(EDGE_STEP)} "
+           "step past that edge at the chosen lr, and the choice is over both"
+           if args.extend_edges else "")
+        + "; then seeds "
         f"{', '.join(map(str, args.seeds))} at the chosen values (seed {GRID_SEED}'s run is the "
         "grid run). Differences to the student alone are paired by seed (same split).")
 
@@ -666,7 +736,8 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
     for r in tsum["rows"]:
         n = len(r["seeds"])
         lam = "—" if r["method"] == "none" else (
-            f"{_num(r['distill_weight'])} ({_num(r['weight_multiplier'])}× ref)")
+            f"{_num(r['distill_weight'])} ({_num(r['weight_multiplier'])}× ref)"
+            + (f"; {r['pending']}" if r.get("pending") else ""))
         wins = ("—" if "diff_ndcg@10" not in r else
                 f"{sum(d > 0 for d in r['diff_ndcg@10'])}/{len(r['diff_ndcg@10'])}")
         table.append([
@@ -688,8 +759,12 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
     points = [(lr, m) for lr in [*args.lrs, *probe] for m in args.weights]
     head = ["method (valid NDCG@10, seed 0)"] + [
         f"lr {_num(lr)}, {_num(m)}×λ" + (" ‡" if lr in probe else "") for lr, m in points]
+    extended = args.extend_edges and any(g.get("extension") for g in tsum["grid"].values())
+    if extended:
+        head.append("past the edge")
     grid_rows = []
     for method, g in tsum["grid"].items():
+        bold = g["chosen"] if g["chosen"] is not None else g.get("shown")
         cells = []
         for lr, m in points:
             key = f"{_num(lr)}|{'-' if method == 'none' else _num(m)}"
@@ -701,15 +776,19 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
                 cells.append("" if lr in probe else "…")
                 continue
             text = f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
-            chosen = g["chosen"] == (lr, None if method == "none" else m)
-            cells.append(f"**{text}**" if chosen else text)
+            cells.append(f"**{text}**" if bold == (lr, None if method == "none" else m)
+                         else text)
+        if extended:
+            cells.append(_extension_cell(g))
         label = LABELS[method] if method == "none" else (
             f"{LABELS[method]} (ref λ {_num(reference_weight(method))})")
         grid_rows.append([label] + cells)
     lines += [markdown_table(head, grid_rows), "",
               "Grid: valid NDCG@10 of seed 0 at each (lr, λ multiplier); **bold**: chosen; "
               "†: stopped at the epoch cap; …: not run yet (the student alone has no λ: its "
-              "row fills the first λ column of each lr).", ""]
+              "row fills the first λ column of each lr)."
+              + (" past the edge: the one point beyond the λ grid's edge that a choice at "
+                 "that edge adds (lr, λ multiplier)." if extended else ""), ""]
     if probe:
         lines += [_probe_sentence(tsum, args, probe), ""]
     rows = tsum["rows"]
@@ -735,6 +814,20 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
                   "this process): " + ", ".join(f"{LABELS[m]} {x:.2f}" for m, x in ratios)
                   + ".", ""]
     return lines
+
+
+def _extension_cell(g: dict[str, Any]) -> str:
+    """``0.2450 (lr 0.005, 100×)`` (bold when chosen), ``… (lr 0.005, 100×)`` while pending,
+    empty for a method whose choice is inside the grid."""
+    ext = g.get("extension")
+    if ext is None:
+        return ""
+    where = f"(lr {_num(ext[0])}, {_num(ext[1])}×)"
+    c = g["cells"].get(f"{_num(ext[0])}|{_num(ext[1])}")
+    if c is None:
+        return f"… {where}"
+    text = f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
+    return (f"**{text}**" if g["chosen"] == tuple(ext) else text) + f" {where}"
 
 
 def _plot(bench: Bench, args: argparse.Namespace, summary: dict[str, Any]) -> None:
@@ -804,6 +897,8 @@ def build_parser(bench: Bench) -> argparse.ArgumentParser:
                         "needs the whole grid)")
     p.add_argument("--only-weights", type=_floats, default=[],
                    help="grid phase: run only these lambda multipliers (to split a grid)")
+    p.add_argument("--no-extend-edges", dest="extend_edges", action="store_false",
+                   help="do not extend the lambda grid past a chosen edge (see edge_extension)")
     p.add_argument("--epochs", type=int, default=EPOCH_CAP, help="student epoch cap")
     p.add_argument("--stopping-step", type=int, default=STOPPING_STEP)
     p.add_argument("--teacher-epochs", type=int, default=EPOCH_CAP, help="teacher epoch cap")

@@ -67,11 +67,15 @@ def _cells(method: str, tsum: dict[str, Any], args: argparse.Namespace) -> list[
 
 
 def _choice(method: str, tsum: dict[str, Any]) -> str:
-    chosen = tsum["grid"].get(method, {}).get("chosen")
-    if chosen is None:
+    """``0.001, 10×``: the chosen values; ``0.001, 10× ⁺`` while the point past the λ grid's
+    edge (or the seeds at its choice) is pending and the row shows the grid's own choice."""
+    g = tsum["grid"].get(method, {})
+    shown = g.get("shown", g.get("chosen"))
+    if shown is None:
         return "…"
-    lr, mult = chosen
-    return f"{_num(lr)}" + ("" if mult is None else f", {_num(mult)}×")
+    lr, mult = shown
+    return (f"{_num(lr)}" + ("" if mult is None else f", {_num(mult)}×")
+            + (" ⁺" if g.get("pending") else ""))
 
 
 def section(benches=BENCHES, argv: list[str] | None = None) -> str:
@@ -112,7 +116,8 @@ def section(benches=BENCHES, argv: list[str] | None = None) -> str:
             "seeds with Δ > 0; lr, λ×: the values chosen on seed "
             f"{GRID_SEED}'s validation NDCG@10 (λ as a multiple of the method's reference); "
             "`grid k/n`: grid runs finished so far (the method's row appears once its grid is "
-            "complete). " + "; ".join(notes) + "."]
+            "complete); ⁺: chosen at an edge of the λ grid, the run one step past that edge "
+            "(or the seeds at its choice) still pending. " + "; ".join(notes) + "."]
     if unfinished:
         text += ["", "**Unfinished** (fewer than 3 seeds): " + ", ".join(unfinished)
                  + ". Continue with `python -m benchmarks.recbole_ml1m` / "

@@ -27,6 +27,7 @@ def test_defaults_are_the_documented_protocol(tmp_path: Path):
     assert (args.epochs, args.stopping_step, args.teacher_epochs) == (300, 10, 300)
     assert args.lrs == [0.001, 0.005] and args.weights == [0.1, 1.0, 10.0]
     assert args.seeds == [0, 1, 2] and args.teachers == ["bpr"] and args.phase == "all"
+    assert args.extend_edges is True and grid.EDGE_STEP == 10.0
     assert args.methods == list(grid.METHODS)
     assert grid.teacher_protocol(args, "bpr") == {
         "teacher": ["BPR", {"embedding_size": 200}], "epochs": 300, "stopping_step": 10,
@@ -98,7 +99,20 @@ def test_selection_uses_seed_0_validation_only(tmp_path: Path):
     # another seed with a far better score must not matter
     r = _fake_run("rd", 0.001, 10.0, 1, 0.9)
     runs[r["key"]] = r
-    assert grid.select(runs, "rd", "bpr", args) == (0.005, 0.1)
+    # the grid's best (0.005, 0.1) sits at the lower lambda edge: one point past it is needed
+    assert grid.selection(runs, "rd", "bpr", args) == {
+        "base": (0.005, 0.1), "extension": (0.005, 0.01), "chosen": None}
+    assert grid.select(runs, "rd", "bpr", args) is None
+    assert grid.select(runs, "rd", "bpr", _args(tmp_path, ["--no-extend-edges"])) == (0.005, 0.1)
+    for score, expected in ((0.2299, (0.005, 0.1)), (0.2301, (0.005, 0.01))):
+        r = _fake_run("rd", 0.005, 0.01, 0, score)
+        runs[r["key"]] = r
+        assert grid.select(runs, "rd", "bpr", args) == expected
+    # extended once: a choice at the new point asks for nothing further
+    assert grid.edge_extension("rd", (0.005, 0.01), args) is None
+    assert grid.edge_extension("rd", (0.001, 10.0), args) == (0.001, 100.0)
+    assert grid.edge_extension("none", (0.001, None), args) is None
+    del runs[r["key"]]
     # ties: the reference lambda first, then the smaller lr
     for key in runs:
         runs[key] = {**runs[key], "best_valid_score": 0.3}
@@ -119,7 +133,7 @@ def test_a_cut_lr_grid_selects_without_the_probe_and_reports_it(tmp_path: Path):
     from benchmarks.recbole_ml1m import BENCH as ML1M
 
     assert ML1M.lrs == (0.001,) and ML1M.probe_lrs == (0.005,)
-    args = grid.parse_args(ML1M, ["--results-dir", str(tmp_path)])
+    args = grid.parse_args(ML1M, ["--results-dir", str(tmp_path), "--no-extend-edges"])
     assert args.lrs == [0.001] and len(grid.grid_points("rd", args)) == 3
     runs = {r["key"]: r for r in (
         *[_fake_run("rd", 0.001, m, 0, 0.20 + 0.01 * i) for i, m in enumerate((0.1, 1.0, 10.0))],
@@ -137,7 +151,7 @@ def tiny_env(data_root: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     """The conftest data root (``tiny``) as the data root; a 2-epoch protocol."""
     monkeypatch.setenv("GRAPHKD_DATA", str(data_root))
     return ["--epochs", "2", "--teacher-epochs", "2", "--methods", "none,rd", "--seeds", "0,1",
-            "--lrs", "0.01", "--weights", "1,10"]
+            "--lrs", "0.01", "--weights", "1,10", "--no-extend-edges"]
 
 
 def test_tiny_grid_end_to_end(tiny_env: list[str], tmp_path: Path, capsys):
@@ -212,6 +226,36 @@ def test_phases_split_and_claims(tiny_env: list[str], tmp_path: Path, capsys):
         _args(tmp_path, [*tiny_env, "--only-lrs", "0.5"])
 
 
+def test_edge_extension_end_to_end(tiny_env: list[str], tmp_path: Path, capsys):
+    """A grid whose best lambda sits at an edge runs one point past it (grid phase), selects
+    over both, and the report shows it in its own column; while that run is missing the row
+    keeps the grid's choice and says the extension is pending."""
+    env = [a for a in tiny_env if a != "--no-extend-edges"]
+    args = _args(tmp_path, [*env, "--methods", "rd", "--phase", "grid"])
+    grid.main(BENCH, _argv(args) + ["--phase", "grid"])
+    runs = grid._current(BENCH, args)
+    sel = grid.selection(runs, "rd", "bpr", args)
+    base, ext = sel["base"], sel["extension"]
+    assert base is not None and ext == grid.edge_extension("rd", base, args)
+    assert ext[1] in (100.0, 0.1) and ext[0] == base[0]  # grid {1, 10}: both are edges
+    ext_key = grid.run_key("rd", "bpr", *ext, 0)
+    assert set(runs) == {grid.run_key("rd", "bpr", 0.01, m, 0) for m in (1.0, 10.0)} | {ext_key}
+    scores = {k: r["best_valid_score"] for k, r in runs.items()}
+    best = max(scores.values())
+    assert scores[grid.run_key("rd", "bpr", *sel["chosen"], 0)] == best
+    md = (tmp_path / "results" / "tinybench.md").read_text()
+    assert "| past the edge |" in md and f"(lr 0.01, {grid._num(ext[1])}×)" in md
+    assert "one x10 step past that edge" in md
+    # the extension's run file gone: the grid's own choice is shown, marked pending
+    fp = grid.fingerprint(BENCH, args, "rd", "bpr")
+    (grid.runs_dir(BENCH, args) / f"{ext_key}-{fp}.json").unlink()
+    capsys.readouterr()
+    grid.main(BENCH, [*_argv(args), "--render"])
+    md = (tmp_path / "results" / "tinybench.md").read_text()
+    assert f"{grid._num(ext[1])}× past the edge pending" in md
+    assert f"… (lr 0.01, {grid._num(ext[1])}×)" in md
+
+
 def test_a_reused_teacher_keeps_its_metrics(tiny_env: list[str], tmp_path: Path):
     """Another results directory with the same --run-dir reuses the trained teacher and still
     records its test metrics (from the sidecar beside the state file)."""
@@ -239,4 +283,5 @@ def _argv(args) -> list[str]:
     return ["--results-dir", args.results_dir, "--run-dir", args.run_dir,
             "--epochs", str(args.epochs), "--teacher-epochs", str(args.teacher_epochs),
             "--methods", ",".join(args.methods), "--seeds", ",".join(map(str, args.seeds)),
-            "--lrs", ",".join(map(str, args.lrs)), "--weights", ",".join(map(str, args.weights))]
+            "--lrs", ",".join(map(str, args.lrs)), "--weights", ",".join(map(str, args.weights)),
+            *([] if args.extend_edges else ["--no-extend-edges"])]
