@@ -176,23 +176,26 @@ def test_test_loader_is_reported_at_the_selected_epoch(tmp_path):
     assert set(rows[0]) == {"epoch", "loss", "task", "val_accuracy", "test_accuracy", "time_s"}
 
 
+class _Spy(nn.Module):
+    """An MLP that records the weights it is evaluated with (every eval-mode forward)."""
+
+    def __init__(self):
+        super().__init__()
+        self.net = _mlp()
+        self.states: list[dict[str, torch.Tensor]] = []
+
+    def forward(self, x):
+        if not self.training:
+            self.states.append({k: v.clone() for k, v in self.net.state_dict().items()})
+        return self.net(x)
+
+
 def test_selection_takes_the_first_best_finite_value():
     """Scripted validation values: NaN epochs are skipped, ties keep the first epoch."""
     values = iter([float("nan"), 0.2, 0.5, 0.5, 0.1])
     scripted = Metric("scripted", lambda z, y: next(values))
-    states = []
-
-    class Spy(nn.Module):  # records the weights evaluated after every epoch (one batch)
-        def __init__(self):
-            super().__init__()
-            self.net = _mlp()
-
-        def forward(self, x):
-            if not self.training:
-                states.append({k: v.clone() for k, v in self.net.state_dict().items()})
-            return self.net(x)
-
-    model = Spy()
+    model = _Spy()
+    states = model.states
     loader = DataLoader(_tabular(32), batch_size=16)
     res = fit(model, loader, DataLoader(_tabular(16, 1), batch_size=16), epochs=5, lr=0.1,
               metric=scripted, progress=False)
@@ -206,20 +209,9 @@ def test_select_last_reports_and_keeps_the_final_epoch():
     1 validated higher; an unknown selection names the choices."""
     values = iter([0.9, 0.1, 0.2, 0.2, 0.5, 0.3, 0.4, 0.4, 0.3, 0.5])  # (val, test) per epoch
     scripted = Metric("scripted", lambda z, y: next(values))
-    states = []
-
-    class Spy(nn.Module):  # records the weights evaluated after every epoch
-        def __init__(self):
-            super().__init__()
-            self.net = _mlp()
-
-        def forward(self, x):
-            if not self.training:
-                states.append({k: v.clone() for k, v in self.net.state_dict().items()})
-            return self.net(x)
-
     torch.manual_seed(0)
-    model = Spy()
+    model = _Spy()
+    states = model.states
     loader, one = DataLoader(_tabular(32), batch_size=16), DataLoader(_tabular(16, 1), 16)
     res = fit(model, loader, one, test_loader=one, epochs=5, lr=0.1, metric=scripted,
               progress=False, select="last")
