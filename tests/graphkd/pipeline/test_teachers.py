@@ -49,3 +49,28 @@ def test_cache_key_survives_the_metric_rename(tmp_path):
     key = config_hash({"data": raw["data"], "teacher": raw["teacher"],
                        "seed": raw["teacher_seed"], "metric": "rocauc"})  # the former key
     assert teacher_path(new).name == f"teacher-{key}.pt"
+
+
+def test_teacher_select_last_keeps_the_final_epoch(tmp_path):
+    """``teacher.train.select: last``: the record's epoch is the final one, the weights are the
+    final epoch's (its test value reproduces), and the cache key differs from ``best``'s."""
+    from graphkd.metrics import get_metric
+    from graphkd.pipeline import load_data, make_loader
+    from graphkd.train import evaluate
+
+    cfg = toy_config(tmp_path)
+    best_path = teacher_path(cfg)
+    cfg.teacher.train.select = "last"
+    assert teacher_path(cfg) != best_path
+    model, rec = train_teacher(cfg)
+    n = cfg.teacher.train.epochs
+    assert rec["best_epoch"] == n - 1 and len(rec["test"]) == n
+    assert rec["test_at_best"] == rec["test"][-1] and rec["best_val"] == rec["val"][-1]
+    data = load_data(cfg.data)
+    metric = get_metric(cfg.metric)
+    test = evaluate(model, make_loader(data.test, 64, False, 0, 0), metric=metric)[metric.name]
+    assert test == rec["test"][-1]
+    # the toy validation accuracy saturates at once: best-validation selection keeps epoch 0
+    # (ties keep the first), the situation select="last" is for
+    _, rec_best = train_teacher(toy_config(tmp_path))
+    assert rec_best["best_epoch"] < n - 1 and rec_best["val"][0] == max(rec_best["val"])
