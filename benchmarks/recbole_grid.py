@@ -788,7 +788,8 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
               "†: stopped at the epoch cap; …: not run yet (the student alone has no λ: its "
               "row fills the first λ column of each lr)."
               + (" past the edge: the one point beyond the λ grid's edge that a choice at "
-                 "that edge adds (lr, λ multiplier)." if extended else ""), ""]
+                 "that edge adds (lr, λ multiplier)." if extended else "")
+              + _past_edge_sentence(tsum), ""]
     if probe:
         lines += [_probe_sentence(tsum, args, probe), ""]
     rows = tsum["rows"]
@@ -814,6 +815,16 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
                   "this process): " + ", ".join(f"{LABELS[m]} {x:.2f}" for m, x in ratios)
                   + ".", ""]
     return lines
+
+
+def _past_edge_sentence(tsum: dict[str, Any]) -> str:
+    """`` Chosen past the edge (...): RRD, HTD.`` -- the methods whose choice is the extension
+    point itself, i.e. again at an edge of what was tried (empty when none)."""
+    names = [LABELS[m] for m, g in tsum["grid"].items()
+             if g.get("extension") is not None and g["chosen"] is not None
+             and tuple(g["chosen"]) == tuple(g["extension"])]
+    return (" Chosen past the edge, so again at the edge of what was tried (the grid is "
+            f"extended once only): {', '.join(names)}." if names else "")
 
 
 def _extension_cell(g: dict[str, Any]) -> str:

@@ -126,6 +126,17 @@ def test_selection_uses_seed_0_validation_only(tmp_path: Path):
 
 
 
+def test_choices_past_the_edge_are_named():
+    tsum = {"grid": {"rd": {"extension": (0.001, 100.0), "chosen": (0.001, 100.0)},
+                     "cd": {"extension": (0.001, 100.0), "chosen": (0.001, 10.0)},
+                     "rrd": {"extension": None, "chosen": (0.005, 1.0)},
+                     "dcd": {"extension": (0.001, 0.01), "chosen": None}}}
+    text = grid._past_edge_sentence(tsum)
+    assert text.endswith("extended once only): RD.")
+    assert grid._past_edge_sentence({"grid": {k: v for k, v in tsum["grid"].items()
+                                              if k != "rd"}}) == ""
+
+
 def test_a_cut_lr_grid_selects_without_the_probe_and_reports_it(tmp_path: Path):
     """A bench whose grid was cut (``lrs``) keeps the earlier probe runs (``probe_lrs``) out of
     the selection, even when a probe scores higher, and the report counts probe cells below
