@@ -775,7 +775,7 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
             if c is None:
                 cells.append("" if lr in probe else "…")
                 continue
-            text = f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
+            text = _cell_text(c)
             cells.append(f"**{text}**" if bold == (lr, None if method == "none" else m)
                          else text)
         if extended:
@@ -817,6 +817,11 @@ def _teacher_section(tkey: str, tsum: dict[str, Any], args: argparse.Namespace,
     return lines
 
 
+def _cell_text(c: dict[str, Any]) -> str:
+    """A grid cell: ``0.2433``, with `` †`` when that run stopped at the epoch cap."""
+    return f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
+
+
 def _past_edge_sentence(tsum: dict[str, Any]) -> str:
     """`` Chosen past the edge (...): RRD, HTD.`` -- the methods whose choice is the extension
     point itself, i.e. again at an edge of what was tried (empty when none)."""
@@ -837,7 +842,7 @@ def _extension_cell(g: dict[str, Any]) -> str:
     c = g["cells"].get(f"{_num(ext[0])}|{_num(ext[1])}")
     if c is None:
         return f"… {where}"
-    text = f"{c['valid_ndcg@10']:.4f}" + (" †" if c["stopped_at_cap"] else "")
+    text = _cell_text(c)
     return (f"**{text}**" if g["chosen"] == tuple(ext) else text) + f" {where}"
 
 
